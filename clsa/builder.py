@@ -1,0 +1,106 @@
+"""The CLSA model: query encoder, momentum key encoder, queue of negatives, shuffle-BN.
+
+The model returns normalised embeddings; `clsa.losses.clsa_loss` turns them into the objective, and the training
+loop enqueues the keys after the loss is built (`dequeue_and_enqueue`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from clsa.distributed import broadcast_tensor, concat_all_gather, get_rank, get_world_size
+
+
+def build_encoder(arch: str, dim: int, mlp: bool) -> nn.Module:
+    """torchvision `arch` with num_classes=dim; with mlp the head is fc = Linear(c, c) -> ReLU -> Linear(c, dim)."""
+    encoder = torchvision.models.get_model(arch, weights=None, num_classes=dim)
+    if mlp:
+        c = encoder.fc.weight.shape[1]
+        encoder.fc = nn.Sequential(nn.Linear(c, c), nn.ReLU(), encoder.fc)
+    return encoder
+
+
+@dataclass
+class Embeddings:
+    """Outputs of one forward. `keys`/`keys2` are global (N_g x d, global-rank order)."""
+    weak: list[torch.Tensor]
+    strong: list[torch.Tensor]
+    keys: torch.Tensor
+    key_query: torch.Tensor | None = None  # sym=1: encoder_q(key view)
+    keys2: torch.Tensor | None = None  # sym=1: encoder_k(weak view 0), shuffled with its own permutation
+
+
+class CLSA(nn.Module):
+    """MoCo-style encoders with a d x K queue (K = `K`), momentum m and temperature-free embedding outputs."""
+
+    def __init__(self, arch: str = "resnet50", dim: int = 128, K: int = 65536, m: float = 0.999,
+                 mlp: bool = True, sym: bool = False, channels_last: bool = False) -> None:
+        super().__init__()
+        self.K, self.m, self.sym = K, m, sym
+        self.encoder_q = build_encoder(arch, dim, mlp)
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        for p in self.encoder_k.parameters():
+            p.requires_grad = False
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """theta_k <- m * theta_k + (1 - m) * theta_q, parameters only (BN buffers are not averaged)."""
+        params_k = [p.data for p in self.encoder_k.parameters()]
+        params_q = [p.data for p in self.encoder_q.parameters()]
+        torch._foreach_mul_(params_k, self.m)
+        torch._foreach_add_(params_k, params_q, alpha=1.0 - self.m)
+
+    @torch.no_grad()
+    def encode_keys(self, x: torch.Tensor) -> torch.Tensor:
+        """Shuffle-BN key encoding. Returns the keys of the whole global batch in global-rank order.
+
+        The global batch is permuted with one permutation (drawn on rank 0), each process encodes its slice, and
+        the gathered keys are put back in order with the inverse permutation.
+        """
+        world = get_world_size()
+        if world == 1:
+            return F.normalize(self.encoder_k(self._fmt(x)).float(), dim=1)
+        x_all = concat_all_gather(x)
+        perm = torch.randperm(x_all.shape[0], device=x.device)
+        broadcast_tensor(perm, src=0)
+        n = x.shape[0]
+        mine = perm[get_rank() * n:(get_rank() + 1) * n]
+        k = F.normalize(self.encoder_k(self._fmt(x_all[mine])).float(), dim=1)
+        k_perm = concat_all_gather(k)
+        return k_perm[torch.argsort(perm)]
+
+    def _fmt(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=self.memory_format)
+
+    def encode_query(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.encoder_q(self._fmt(x)).float(), dim=1)
+
+    def forward(self, key: torch.Tensor, weak: list[torch.Tensor], strong: list[torch.Tensor]) -> Embeddings:
+        """One separate encoder_q forward per view (BN statistics per view and resolution)."""
+        self.momentum_update()
+        out = Embeddings(weak=[self.encode_query(v) for v in weak], strong=[self.encode_query(v) for v in strong],
+                         keys=self.encode_keys(key))
+        if self.sym:
+            out.key_query = self.encode_query(key)
+            out.keys2 = self.encode_keys(weak[0])
+        return out
+
+    @torch.no_grad()
+    def dequeue_and_enqueue(self, keys: torch.Tensor) -> None:
+        """Write the N_g global keys into columns [ptr, ptr + N_g) (mod K) and advance the pointer."""
+        n = keys.shape[0]
+        ptr = int(self.queue_ptr)
+        idx = (torch.arange(n, device=keys.device) + ptr) % self.K
+        self.queue[:, idx] = keys.t().to(self.queue.dtype)
+        self.queue_ptr[0] = (ptr + n) % self.K

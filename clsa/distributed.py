@@ -1,0 +1,61 @@
+"""Process-group helpers that degrade to no-ops in a single process (no process group)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+@torch.no_grad()
+def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` from every process along dim 0, in rank order. No gradient flows back."""
+    if not is_dist():
+        return x
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, dim=0)
+
+
+@torch.no_grad()
+def broadcast_tensor(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    if is_dist():
+        dist.broadcast(x, src=src)
+    return x
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Send a picklable object from `src` to every process and return it."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    if is_dist():
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x

@@ -1,0 +1,120 @@
+"""One pretraining epoch and the per-epoch learning-rate schedule."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import time
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+
+from clsa.checkpoint import unwrap
+from clsa.losses import clsa_loss
+from ops.launch import DistContext
+from ops.logging import AverageMeter, RunLogger, format_duration, progress_line
+
+
+def learning_rate(base_lr: float, epoch: int, epochs: int, cos: int) -> float:
+    """--cos 1: lr (1 + cos(pi e / E)) / 2; --cos 2: lr cos(pi e / (2E)); anything else: constant."""
+    if cos == 1:
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    if cos == 2:
+        return base_lr * math.cos(math.pi * epoch / (2 * epochs))
+    return base_lr
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CPU and CUDA when `enabled`."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def split_views(views: list[torch.Tensor], num_weak: int
+                ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """[key, weak..., strong...] -> (key, weak, strong)."""
+    return views[0], list(views[1:1 + num_weak]), list(views[1 + num_weak:])
+
+
+def clsa_step_loss(model: nn.Module, views: list[torch.Tensor], num_weak: int, offset: int,
+                   args: argparse.Namespace, amp: bool) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """Forward all views, build the CLSA objective (both passes with --sym 1). Returns (loss, stats, keys to
+    enqueue)."""
+    key, weak, strong = split_views(views, num_weak)
+    with autocast(key.device, amp):
+        out = model(key, weak, strong)
+    queue = unwrap(model).queue.clone().detach()
+    loss, stats = clsa_loss(out.weak, out.strong, out.keys, queue, offset, args.moco_t, args.clsa_t, args.alpha)
+    if not args.sym:
+        return loss, stats, out.keys
+    # Pass 2: the other weak queries and the key-view query against k2 = encoder_k(weak view 0).
+    loss2, stats2 = clsa_loss(out.weak[1:] + [out.key_query], out.strong, out.keys2, queue, offset,
+                              args.moco_t, args.clsa_t, args.alpha)
+    for name in ("infonce", "ddm", "n_infonce", "n_ddm"):
+        stats[name] += stats2[name]
+    return loss + loss2, stats, out.keys2
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler | None, epoch: int, ctx: DistContext, args: argparse.Namespace,
+                    logger: RunLogger, num_weak: int, steps_per_epoch: int) -> dict[str, float]:
+    """Train for one epoch; returns the epoch means (loss, infonce, ddm, acc1, acc5, img_per_s)."""
+    meters = {k: AverageMeter(n, f) for k, n, f in (
+        ("time", "Time", ":6.3f"), ("data", "Data", ":6.3f"), ("loss", "Loss", ":.4e"),
+        ("infonce", "InfoNCE", ":.4e"), ("ddm", "DDM", ":.4e"), ("acc1", "Acc@1", ":6.2f"),
+        ("acc5", "Acc@5", ":6.2f"))}
+    model.train()
+    n_iters = min(steps_per_epoch, args.max_iters) if args.max_iters else steps_per_epoch
+    start = end = time.time()
+    images = 0
+    for i, (views, _) in enumerate(loader):
+        if i >= n_iters:
+            break
+        meters["data"].update(time.time() - end)
+        views = [v.to(ctx.device, non_blocking=True) for v in views]
+        n = views[0].shape[0]
+        loss, stats, keys = clsa_step_loss(model, views, num_weak, ctx.rank * n, args, args.amp)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} iteration {i}")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        unwrap(model).dequeue_and_enqueue(keys)
+
+        for k, v in (("loss", loss.item()), ("infonce", stats["infonce"]), ("ddm", stats["ddm"]),
+                     ("acc1", stats["acc1"]), ("acc5", stats["acc5"])):
+            meters[k].update(v, n)
+        images += n * ctx.world_size
+        meters["time"].update(time.time() - end)
+        end = time.time()
+        if epoch == 0 and i == 0:
+            logger.info("-" * 100)
+            logger.info(f"contrastive loss count {int(stats['n_infonce'])}\tweak strong loss count "
+                        f"{int(stats['n_ddm'])}")
+        if i % args.print_freq == 0 or i == n_iters - 1:
+            rate = images / max(end - start, 1e-9)
+            eta = (n_iters - i - 1) * meters["time"].avg
+            logger.info(progress_line(f"Epoch: [{epoch}]", i, n_iters, list(meters.values()),
+                                      f"img/s {rate:7.1f}\tETA {format_duration(eta)}"))
+            step = epoch * n_iters + i
+            logger.scalars({"train/loss": loss.item(), "train/infonce": stats["infonce"], "train/ddm": stats["ddm"],
+                            "train/acc1": stats["acc1"], "train/acc5": stats["acc5"], "train/img_per_s": rate,
+                            "train/lr": optimizer.param_groups[0]["lr"]}, step)
+    elapsed = time.time() - start
+    summary = {k: meters[k].avg for k in ("loss", "infonce", "ddm", "acc1", "acc5")}
+    summary["img_per_s"] = images / max(elapsed, 1e-9)
+    summary["seconds"] = elapsed
+    return summary

@@ -1,0 +1,83 @@
+"""CLSA losses as pure functions: no models, no processes.
+
+Notation (paper / decisions.md): q_a are the L2-normalised weak queries, s_b the strong ones, k the keys of the
+global batch (N_g x d, rows in global-rank order), Q the queue (d x K). Candidates c(x) = [x k^T, x Q].
+
+    InfoNCE_a = CE(c(q_a) / T, offset + i)
+    p_a       = softmax(c(q_a) / T2)                    (stop-gradient target)
+    DDM_ab    = -mean_i sum_j p_a[i, j] log_softmax(c(s_b) / T2)[i, j]
+    L         = sum_a InfoNCE_a + alpha * sum_a sum_b DDM_ab
+
+Terms are summed over views and pairs (as the 2021 code does). Everything is computed in float32 with log_softmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def candidate_logits(x: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
+    """c(x) = [x k^T, x Q] for x of shape (..., N, d): similarities to all N_g + K candidates."""
+    return torch.cat([x @ keys.t(), x @ queue], dim=-1)
+
+
+def infonce(logits: torch.Tensor, labels: torch.Tensor, T: float) -> torch.Tensor:
+    """Mean cross-entropy of c(q)/T against the positive's index."""
+    return F.cross_entropy(logits / T, labels)
+
+
+def ddm(target_logits: torch.Tensor, pred_logits: torch.Tensor, T2: float) -> torch.Tensor:
+    """Distribution divergence -mean_i sum_j softmax(t/T2) log_softmax(s/T2); no gradient through the target."""
+    p = F.softmax(target_logits.detach() / T2, dim=-1)
+    return -(p * F.log_softmax(pred_logits / T2, dim=-1)).sum(-1).mean()
+
+
+@torch.no_grad()
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[float]:
+    """Top-k accuracy in percent; k is capped at the number of candidates."""
+    maxk = min(max(ks), logits.shape[1])
+    pred = logits.topk(maxk, dim=1).indices
+    hit = pred.eq(labels[:, None])
+    return [hit[:, : min(k, maxk)].any(1).float().mean().item() * 100.0 for k in ks]
+
+
+def clsa_loss(weak: Sequence[torch.Tensor], strong: Sequence[torch.Tensor], keys: torch.Tensor, queue: torch.Tensor,
+              label_offset: int, T: float, T2: float, alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """CLSA objective for one set of keys. Returns (loss, stats).
+
+    Args:
+        weak: W tensors (N x d), L2-normalised embeddings of the picked weak views.
+        strong: S tensors (N x d), L2-normalised embeddings of the picked strong views (may be empty).
+        keys: N_g x d keys of the global batch, rows in global-rank order.
+        queue: d x K negatives (detached).
+        label_offset: global rank x N; the positive of local row i is key row label_offset + i.
+        T, T2: InfoNCE and DDM temperatures. alpha: DDM weight.
+
+    stats: 'infonce' and 'ddm' (the two sums), 'acc1'/'acc5' (instance retrieval of the first weak view),
+    'n_infonce'/'n_ddm' (number of summed terms).
+
+    One matmul computes every view's candidates, and sum_a sum_b DDM_ab is evaluated as
+    -mean_i sum_j (sum_a p_a)[i, j] (sum_b log p_b)[i, j], which is the same sum without W x S products.
+    """
+    if not weak:
+        raise ValueError("clsa_loss needs at least one weak view")
+    keys, queue = keys.float(), queue.float()
+    views = torch.stack([v.float() for v in (*weak, *strong)])  # (W + S) x N x d
+    logits = candidate_logits(views, keys, queue)  # (W + S) x N x (N_g + K)
+    n_weak, n = len(weak), weak[0].shape[0]
+    labels = torch.arange(n, device=logits.device) + label_offset
+    weak_logits = logits[:n_weak]
+    info = F.cross_entropy((weak_logits / T).flatten(0, 1), labels.repeat(n_weak), reduction="sum") / n
+    acc1, acc5 = topk_accuracy(weak_logits[0], labels)
+    stats = {"infonce": info.item(), "ddm": 0.0, "acc1": acc1, "acc5": acc5,
+             "n_infonce": float(n_weak), "n_ddm": float(n_weak * len(strong))}
+    if not strong or alpha == 0:
+        return info, stats
+    p_sum = F.softmax(weak_logits.detach() / T2, dim=-1).sum(0)
+    logp_sum = F.log_softmax(logits[n_weak:] / T2, dim=-1).sum(0)
+    ddm_sum = -(p_sum * logp_sum).sum(-1).mean()
+    stats["ddm"] = ddm_sum.item()
+    return info + alpha * ddm_sum, stats

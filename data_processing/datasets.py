@@ -1,0 +1,79 @@
+"""Datasets: ImageFolder for real users, Fashion-MNIST (IDX files) for the offline demo."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
+
+from ops.errors import UsageError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+def _open_maybe_gz(path: str):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): images (n, h, w) uint8 or labels (n,) uint8."""
+    with _open_maybe_gz(path) as f:
+        data = f.read()
+    magic = int.from_bytes(data[:4], "big")
+    ndim = magic & 0xFF
+    if magic >> 8 != 0x08 or ndim not in (1, 3):
+        raise UsageError(f"{path}: not an unsigned-byte IDX file (magic {magic:#x})")
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    arr = np.frombuffer(data, dtype=np.uint8, offset=offset)
+    if arr.size != int(np.prod(dims)):
+        raise UsageError(f"{path}: truncated IDX file ({arr.size} bytes of data, expected {int(np.prod(dims))})")
+    return arr.reshape(dims)
+
+
+def _find(root: str, stem: str) -> str:
+    for name in (stem + ".gz", stem):
+        if os.path.isfile(os.path.join(root, name)):
+            return os.path.join(root, name)
+    raise UsageError(f"Fashion-MNIST file {stem}(.gz) not found in {root!r}; "
+                     f"install it with 'apt-get install dataset-fashion-mnist' or point --data at a copy")
+
+
+class FashionMNIST(Dataset):
+    """Fashion-MNIST from its IDX files as 3-channel 28 x 28 PIL images. split: 'train' (60k) or 'test' (10k)."""
+
+    classes = FASHION_MNIST_CLASSES
+
+    def __init__(self, root: str = FASHION_MNIST_DIR, split: str = "train", transform: Callable | None = None,
+                 indices: np.ndarray | None = None) -> None:
+        prefix = {"train": "train", "test": "t10k", "val": "t10k"}[split]
+        self.images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
+        self.targets = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+        if len(self.images) != len(self.targets):
+            raise UsageError(f"Fashion-MNIST in {root!r}: {len(self.images)} images but {len(self.targets)} labels")
+        if indices is not None:
+            self.images, self.targets = self.images[indices], self.targets[indices]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        img = Image.fromarray(self.images[i]).convert("RGB")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.targets[i])
+
+
+def build_dataset(name: str, root: str, split: str, transform: Callable | None) -> Dataset:
+    """'FashionMNIST' reads IDX files in `root`; anything else is ImageFolder(<root>/<split>)."""
+    if name.lower() == "fashionmnist":
+        return FashionMNIST(root if root not in ("", "data") else FASHION_MNIST_DIR, split, transform)
+    return ImageFolder(os.path.join(root, split), transform=transform)

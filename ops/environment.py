@@ -1,0 +1,56 @@
+"""Process environment: devices, seeds, file limits."""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+
+import numpy as np
+import torch
+
+
+def raise_file_limit(target: int = 4096) -> None:
+    """Raise the soft RLIMIT_NOFILE towards `target`, never above the hard limit (the 2021 code could raise)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(target, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def use_cuda(device: str) -> bool:
+    """'auto' picks CUDA when a GPU is visible."""
+    if device == "cuda" and not torch.cuda.is_available():
+        from ops.errors import UsageError
+        raise UsageError("--device cuda: no CUDA GPU is visible; use --device auto or cpu")
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+
+
+def seed_everything(seed: int | None, rank: int = 0, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch with seed + rank (no-op without a seed)."""
+    if seed is None:
+        torch.backends.cudnn.benchmark = True
+        return
+    s = seed + rank
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: derive python and numpy seeds from the worker's torch seed.
+
+    torch seeds each worker with base_seed + worker_id, where base_seed comes from the (seeded) main process, so
+    RandAugment's numpy and python draws differ across workers, ranks and epochs yet repeat for a given --seed.
+    """
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+
+
+def cpu_threads_per_process(procs: int) -> int:
+    """Split the machine's cores between co-located processes."""
+    return max(1, (os.cpu_count() or 1) // max(1, procs))

@@ -1,0 +1,122 @@
+"""Start training workers: in-process, mp.spawn (one per GPU or --cpu_procs on CPU), or one torchrun worker.
+
+Shared by `main_clsa.py` and `lincls.py`. Reads these attributes of `args`: world_size, rank, dist_url,
+dist_backend, gpu, multiprocessing_distributed, cpu_procs, device, choose, nodes_num.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ops.environment import cpu_threads_per_process, raise_file_limit, use_cuda
+from ops.errors import UsageError, exit_usage
+
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+@dataclass
+class DistContext:
+    """Where this worker sits: global rank, world size, rank and process count on its node, device."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    node_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+Worker = Callable[[DistContext, argparse.Namespace], None]
+
+
+def _torchrun_env() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE"))
+
+
+def _init_group(ctx: DistContext, args: argparse.Namespace, cuda: bool) -> None:
+    backend = args.dist_backend if cuda else "gloo"
+    if ctx.world_size > 1:
+        dist.init_process_group(backend=backend, init_method=args.dist_url, world_size=ctx.world_size,
+                                rank=ctx.rank, timeout=COLLECTIVE_TIMEOUT)
+
+
+def _run(ctx: DistContext, args: argparse.Namespace, worker: Worker, prog: str, cuda: bool) -> None:
+    if cuda:
+        torch.cuda.set_device(ctx.device)
+    else:
+        torch.set_num_threads(cpu_threads_per_process(ctx.local_world_size))
+    try:
+        _init_group(ctx, args, cuda)
+        worker(ctx, args)
+    except UsageError as err:
+        if ctx.is_main:
+            print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _spawned(local_rank: int, worker: Worker, args: argparse.Namespace, prog: str, nproc: int, node_rank: int,
+             world: int, cuda: bool) -> None:
+    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+    ctx = DistContext(node_rank * nproc + local_rank, world, local_rank, nproc, node_rank, device)
+    _run(ctx, args, worker, prog, cuda)
+
+
+def plan(args: argparse.Namespace) -> tuple[int, int, int, bool]:
+    """(processes per node, node rank, world size, use CUDA) for the flags and the visible hardware."""
+    if getattr(args, "choose", None) and getattr(args, "nodes_num", 1) == 1:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.choose
+    cuda = use_cuda(args.device)
+    if _torchrun_env() and args.dist_url == "env://":
+        world = int(os.environ["WORLD_SIZE"])
+        nproc = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        return nproc, int(os.environ.get("GROUP_RANK", 0)), world, cuda
+    nodes, node_rank = max(args.world_size, 1), max(args.rank, 0)
+    if node_rank >= nodes:
+        raise UsageError(f"--rank {args.rank} must be smaller than --world_size {args.world_size}")
+    if not args.multiprocessing_distributed:
+        return 1, node_rank, nodes, cuda
+    nproc = torch.cuda.device_count() if cuda else args.cpu_procs
+    return nproc, node_rank, nodes * nproc, cuda
+
+
+def launch(worker: Worker, args: argparse.Namespace, prog: str) -> None:
+    """Run `worker(ctx, args)` in every training process of this node; exit 2 on a UsageError."""
+    raise_file_limit()
+    try:
+        nproc, node_rank, world, cuda = plan(args)
+    except UsageError as err:
+        exit_usage(prog, err)
+    if _torchrun_env() and args.dist_url == "env://":
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+        ctx = DistContext(int(os.environ["RANK"]), world, local, nproc, node_rank, device)
+        _run(ctx, args, worker, prog, cuda)
+        return
+    if nproc == 1 and world == 1 or not args.multiprocessing_distributed:
+        gpu = args.gpu if args.gpu is not None else 0
+        device = torch.device(f"cuda:{gpu}") if cuda else torch.device("cpu")
+        _run(DistContext(node_rank, world, 0, 1, node_rank, device), args, worker, prog, cuda)
+        return
+    try:
+        mp.spawn(_spawned, args=(worker, args, prog, nproc, node_rank, world, cuda), nprocs=nproc, join=True)
+    except mp.ProcessExitedException as err:
+        raise SystemExit(err.exit_code if err.exit_code and err.exit_code > 0 else 1) from None
