@@ -34,7 +34,7 @@ from data_processing.transforms import MultiViewTransform, expand_crops
 from ops.argparser import parse_args
 from ops.environment import seed_everything, seed_worker
 from ops.errors import UsageError, exit_usage
-from ops.launch import DistContext, launch
+from ops.launch import DistContext, launch, plan
 from ops.logging import RunLogger, format_duration, timestamp
 from ops.validate import check_batch, check_pretrain_args
 
@@ -64,18 +64,19 @@ def build_loader(args: argparse.Namespace, ctx: DistContext, batch: int, transfo
 def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
     seed_everything(args.seed, ctx.rank, deterministic=args.seed is not None)
     batch = check_batch(args.batch_size, ctx.local_world_size, ctx.world_size, args.moco_k, None)
+    crops = expand_crops(args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops)
+    pick_strong = args.pick_strong if args.alpha != 0 else []  # alpha 0: MoCo v2, no strong views computed
+    transform = MultiViewTransform(crops, args.pick_weak, pick_strong, args.aug_times)
+    loader = build_loader(args, ctx, batch, transform)
+
     run_dir = broadcast_object(run_dir_for(args) if ctx.is_main else None)
     logger = RunLogger(run_dir, ctx.is_main)
     logger.info(f"run directory: {run_dir}")
     logger.info(f"{ctx.world_size} process(es) on {ctx.device.type}, batch {batch} per process "
-                f"(global {batch * ctx.world_size}), arch {args.arch}, K {args.moco_k}")
-
-    crops = expand_crops(args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops)
-    pick_strong = args.pick_strong if args.alpha != 0 else []
-    transform = MultiViewTransform(crops, args.pick_weak, pick_strong, args.aug_times)
-    logger.info(f"views per image: key {transform.sizes()[0]}px, weak {transform.sizes()[1:1 + transform.num_weak]}, "
-                f"strong {transform.sizes()[1 + transform.num_weak:]}")
-    loader = build_loader(args, ctx, batch, transform)
+                f"(global {batch * ctx.world_size}), arch {args.arch}, K {args.moco_k}, {len(loader)} iterations/epoch")
+    sizes = transform.sizes()
+    logger.info(f"views per image: key {sizes[0]}px, weak {sizes[1:1 + transform.num_weak]}, "
+                f"strong {sizes[1 + transform.num_weak:]}")
 
     model = CLSA(args.arch, args.moco_dim, args.moco_k, args.moco_m, bool(args.mlp), bool(args.sym),
                  args.channels_last).to(ctx.device)
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         check_pretrain_args(args)
+        nproc, _, world, _ = plan(args)
+        check_batch(args.batch_size, nproc, world, args.moco_k, None)
     except UsageError as err:
         exit_usage(PROG, err)
     start = time.time()

@@ -1,0 +1,135 @@
+"""Linear evaluation protocol: a frozen backbone (eval mode, BN statistics fixed) and a trained linear classifier fc.
+
+Pieces used by `lincls.py`: the model, the per-epoch learning rate, one training epoch, and an exact validation in
+which every image of the validation split is counted once, whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from clsa.checkpoint import unwrap
+from clsa.distributed import all_reduce_sum
+from clsa.pretrained import backbone
+from ops.logging import AverageMeter, progress_line
+
+
+def linear_model(arch: str, num_classes: int) -> nn.Module:
+    """torchvision `arch` with every parameter frozen except fc, fc initialised N(0, 0.01) with zero bias."""
+    model = backbone(arch, num_classes)
+    for name, p in model.named_parameters():
+        p.requires_grad = name in ("fc.weight", "fc.bias")
+    nn.init.normal_(model.fc.weight, mean=0.0, std=0.01)
+    nn.init.zeros_(model.fc.bias)
+    return model
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Exactly the two tensors of fc (asserted, as in the 2021 code)."""
+    params = [p for p in unwrap(model).parameters() if p.requires_grad]
+    if len(params) != 2:
+        raise RuntimeError(f"linear evaluation must train fc.weight and fc.bias only, found {len(params)} tensors")
+    return params
+
+
+def linear_lr(lr: float, final_lr: float, epoch: int, epochs: int, cos: int, schedule: Iterable[int]) -> float:
+    """--cos 1: final_lr + (1 + cos(pi e / E)) / 2 * (lr - final_lr); --cos 0: lr * 0.1 per milestone passed."""
+    if cos:
+        return final_lr + 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)) * (lr - final_lr)
+    return lr * 0.1 ** sum(epoch >= m for m in schedule)
+
+
+def backbone_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copy of every backbone tensor (parameters and BN buffers), fc excluded."""
+    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items() if not k.startswith("fc.")}
+
+
+def changed_backbone_tensors(model: nn.Module, reference: dict[str, torch.Tensor]) -> list[str]:
+    """Names of backbone tensors that differ from `reference` (the 2021 sanity_check, which was never called)."""
+    state = unwrap(model).state_dict()
+    return [k for k, v in reference.items() if not torch.equal(state[k].detach().cpu(), v)]
+
+
+@torch.no_grad()
+def topk_correct(output: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """Number of samples whose target is among the top-k logits, k capped at the number of classes."""
+    maxk = min(max(ks), output.shape[1])
+    hit = output.topk(maxk, dim=1).indices.eq(target[:, None])
+    return [int(hit[:, :min(k, maxk)].any(1).sum()) for k in ks]
+
+
+def _meters(names: tuple[str, ...]) -> dict[str, AverageMeter]:
+    fmts = {"Time": ":6.3f", "Data": ":6.3f", "Loss": ":.4e", "Acc@1": ":6.2f", "Acc@5": ":6.2f"}
+    return {n: AverageMeter(n, fmts[n]) for n in names}
+
+
+def train_linear_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, epoch: int,
+                       device: torch.device, print_freq: int, log: Callable[[str], None]) -> dict[str, float]:
+    """One epoch of cross-entropy on fc with the backbone in eval mode. Returns the local means."""
+    criterion = nn.CrossEntropyLoss()
+    meters = _meters(("Time", "Data", "Loss", "Acc@1", "Acc@5"))
+    model.eval()  # BN running statistics stay those of the pretrained encoder
+    n_iters = len(loader)
+    end = time.time()
+    for i, (images, target) in enumerate(loader):
+        meters["Data"].update(time.time() - end)
+        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        output = model(images)
+        loss = criterion(output, target)
+        c1, c5 = topk_correct(output, target)
+        n = images.shape[0]
+        meters["Loss"].update(loss.item(), n)
+        meters["Acc@1"].update(100.0 * c1 / n, n)
+        meters["Acc@5"].update(100.0 * c5 / n, n)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        meters["Time"].update(time.time() - end)
+        end = time.time()
+        if i % print_freq == 0 or i == n_iters - 1:
+            log(progress_line(f"Epoch: [{epoch}]", i, n_iters, list(meters.values())))
+    return {"loss": meters["Loss"].avg, "acc1": meters["Acc@1"].avg, "acc5": meters["Acc@5"].avg}
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader: Iterable, device: torch.device, print_freq: int,
+             log: Callable[[str], None]) -> dict[str, float]:
+    """Exact top-1 / top-5 over the whole validation split.
+
+    `loader` holds this rank's shard (`rank::world`, no padding); correct counts, loss sums and image counts are
+    summed over ranks with all_reduce, so each image counts exactly once. The wrapped module is called directly
+    (no DDP collectives), so shards of unequal length are fine.
+    """
+    net = unwrap(model)
+    net.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    meters = _meters(("Time", "Loss", "Acc@1", "Acc@5"))
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct@1, correct@5, loss sum, images
+    n_iters = len(loader)
+    end = time.time()
+    for i, (images, target) in enumerate(loader):
+        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        output = net(images)
+        loss = criterion(output, target)
+        c1, c5 = topk_correct(output, target)
+        n = images.shape[0]
+        totals += torch.tensor([c1, c5, loss.item(), n], dtype=torch.float64, device=device)
+        meters["Loss"].update(loss.item() / n, n)
+        meters["Acc@1"].update(100.0 * c1 / n, n)
+        meters["Acc@5"].update(100.0 * c5 / n, n)
+        meters["Time"].update(time.time() - end)
+        end = time.time()
+        if i % print_freq == 0 or i == n_iters - 1:
+            log(progress_line("Test: ", i, n_iters, list(meters.values())))
+    all_reduce_sum(totals)
+    c1, c5, loss_sum, count = totals.tolist()
+    count = max(count, 1.0)
+    result = {"top1": 100.0 * c1 / count, "top5": 100.0 * c5 / count, "loss": loss_sum / count,
+              "images": int(count)}
+    log(f" * Acc@1 {result['top1']:.3f} Acc@5 {result['top5']:.3f}")
+    return result

@@ -1,0 +1,116 @@
+"""Command-line flags of `lincls.py` (linear evaluation and kNN evaluation of a frozen encoder).
+
+The 2021 flags that did something keep their hyphenated names and defaults (MoCo style), so the seed README's
+`python3 lincls.py --data=... --dist-url=tcp://localhost:10001 --pretrained=[path]` runs verbatim. Additions are
+grouped at the end of `--help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+from ops.argparser import RESNET_ARCHS
+from ops.errors import UsageError
+from ops.validate import check_image_folder, check_resume
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lincls.py",
+        description="Linear classification (or weighted kNN) on the frozen query encoder of a CLSA checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("data, model and run directory")
+    g.add_argument("--data", type=str, default="",
+                   help="root with train/ and val/ class folders (FashionMNIST: the folder of its IDX files)")
+    g.add_argument("--dataset", type=str, default="ImageNet",
+                   help="ImageNet (any ImageFolder root) or FashionMNIST")
+    g.add_argument("-a", "--arch", type=str, default="resnet50", help="backbone: " + ", ".join(RESNET_ARCHS))
+    g.add_argument("-j", "--workers", type=int, default=32, help="data-loader workers per node")
+    g.add_argument("--pretrained", type=str, default="",
+                   help="CLSA/MoCo checkpoint (module.encoder_q.*), torchvision state_dict, or (with -e) a "
+                        "lincls.py checkpoint; empty: randomly initialised backbone")
+    g.add_argument("--log_path", type=str, default="train_log", help="run directory component")
+    g.add_argument("--save_path", type=str, default="",
+                   help="run directory base: <save_path>/<log_path>/Finetune_log/<stamp>")
+
+    g = p.add_argument_group("optimisation (of the linear classifier only)")
+    g.add_argument("--epochs", type=int, default=100, help="total epochs E")
+    g.add_argument("--start-epoch", type=int, default=0, help="first epoch (overwritten by --resume)")
+    g.add_argument("-b", "--batch-size", type=int, default=256, help="batch size per node (split across processes)")
+    g.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=10.0, help="initial learning rate")
+    g.add_argument("--schedule", type=int, nargs="*", default=[15, 25, 30],
+                   help="with --cos 0: multiply the lr by 0.1 at these epochs")
+    g.add_argument("--cos", type=int, default=1,
+                   help="1: lr(e) = final_lr + (1 + cos(pi e/E))/2 (lr - final_lr) per epoch; 0: --schedule steps")
+    g.add_argument("--final_lr", type=float, default=0.01, help="floor of the cosine schedule")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=0.0, help="SGD weight decay")
+    g.add_argument("-p", "--print-freq", type=int, default=10, help="print every N iterations")
+    g.add_argument("--resume", type=str, default="", help="lincls.py checkpoint to continue from (its directory "
+                                                         "is reused)")
+    g.add_argument("-e", "--evaluate", action="store_true",
+                   help="only validate a linear checkpoint (--resume, or --pretrained of a lincls.py checkpoint)")
+    g.add_argument("--seed", type=int, default=None, help="seed python/numpy/torch in every process and worker")
+
+    g = p.add_argument_group("distributed")
+    g.add_argument("--world-size", type=int, default=1, help="number of nodes")
+    g.add_argument("--rank", type=int, default=0, help="node rank")
+    g.add_argument("--dist-url", type=str, default="tcp://localhost:10001",
+                   help="init method; 'env://' under torchrun")
+    g.add_argument("--dist-backend", type=str, default="nccl", help="nccl on GPUs; gloo is used on CPU")
+    g.add_argument("--gpu", type=int, default=None, help="GPU index when --multiprocessing-distributed 0")
+    g.add_argument("--multiprocessing-distributed", type=int, default=1,
+                   help="1: one process per GPU (or --cpu-procs on CPU); 0: a single process")
+    g.add_argument("--nodes_num", type=int, default=1, help="number of nodes; --choose applies only when 1")
+    g.add_argument("--choose", type=str, default=None, help="e.g. '0,1': sets CUDA_VISIBLE_DEVICES")
+
+    g = p.add_argument_group("additions (not in the 2021 code)")
+    g.add_argument("--cpu-procs", type=int, default=1, help="processes per node to spawn without a GPU (gloo)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available")
+    g.add_argument("--train-crop", type=int, default=224, help="RandomResizedCrop size for training")
+    g.add_argument("--val-resize", type=int, default=256, help="Resize (shorter side) before the centre crop")
+    g.add_argument("--val-crop", type=int, default=224, help="CenterCrop size for validation and kNN")
+    g.add_argument("--knn", action="store_true",
+                   help="weighted kNN evaluation instead of linear training (bank: train/, queries: val/)")
+    g.add_argument("--knn-k", type=int, default=200, help="neighbours k of the kNN rule")
+    g.add_argument("--knn-t", type=float, default=0.1, help="temperature t of the kNN weights exp(s/t)")
+    return p
+
+
+def check_lincls_args(args: argparse.Namespace) -> None:
+    """All checks that need no process group; each raises UsageError naming the flag or file."""
+    if args.arch not in RESNET_ARCHS:
+        raise UsageError(f"--arch {args.arch!r} is not supported; choose one of: {', '.join(RESNET_ARCHS)}")
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
+                        ("--print-freq", args.print_freq), ("--cpu-procs", args.cpu_procs),
+                        ("--train-crop", args.train_crop), ("--val-resize", args.val_resize),
+                        ("--val-crop", args.val_crop), ("--knn-k", args.knn_k)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    for flag, value in (("--workers", args.workers), ("--start-epoch", args.start_epoch)):
+        if value < 0:
+            raise UsageError(f"{flag} must be >= 0, got {value}")
+    if args.lr <= 0 or args.knn_t <= 0:
+        raise UsageError("--lr and --knn-t must be > 0")
+    if args.evaluate and args.knn:
+        raise UsageError("-e/--evaluate and --knn are two different evaluations; pass one of them")
+    if args.evaluate and not (args.resume or args.pretrained):
+        raise UsageError("-e/--evaluate needs a linear checkpoint: --resume <checkpoint.pth.tar> or --pretrained")
+    if args.pretrained and not os.path.isfile(args.pretrained):
+        raise UsageError(f"--pretrained {args.pretrained!r}: no such checkpoint file")
+    check_resume(args.resume)
+    if args.dataset.lower() == "fashionmnist":
+        return
+    if not args.data:
+        raise UsageError("--data is required: a folder holding train/<class>/ and val/<class>/ images")
+    if not args.evaluate:
+        check_image_folder(args.data, "--data", "train")
+    check_image_folder(args.data, "--data", "val")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse `argv` (default: sys.argv[1:])."""
+    return build_parser().parse_args(argv)
