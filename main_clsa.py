@@ -4,6 +4,8 @@
     python3 main_clsa.py --data=<root with train/> [flags of the paper's README]
 
 Without a GPU the same command trains on CPU (gloo); `--cpu_procs N` spawns N CPU processes.
+Exit codes: 0 done, 2 bad input, 3 non-finite loss, 75 preempted (SIGTERM/SIGUSR1; rerun with --resume),
+130 interrupted (SIGINT). A checkpoint is written before 75 and 130.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from clsa.builder import CLSA
 from clsa.checkpoint import (
+    auto_resume_path,
     best_acc_value,
+    check_compatible,
     load_checkpoint,
     load_prefixed_state_dict,
     prefixed_state_dict,
@@ -27,12 +31,14 @@ from clsa.checkpoint import (
     save_epoch_checkpoints,
     set_rng_state,
 )
-from clsa.distributed import all_reduce_sum, broadcast_object
-from clsa.engine import learning_rate, set_learning_rate, train_one_epoch
+from clsa.distributed import all_reduce_sum, barrier, broadcast_object, gather_objects
+from clsa.engine import NonFiniteLoss, learning_rate, set_learning_rate, train_one_epoch
+from clsa.faults import EXIT_NONFINITE, StopRequest, agree
 from data_processing.datasets import build_dataset
+from data_processing.robust import EpochSampler, RobustViews
 from data_processing.transforms import MultiViewTransform, expand_crops
 from ops.argparser import parse_args
-from ops.environment import seed_everything, seed_worker
+from ops.environment import loader_worker_init, seed_everything
 from ops.errors import UsageError, exit_usage
 from ops.launch import DistContext, launch, plan
 from ops.logging import RunLogger, format_duration, timestamp
@@ -42,89 +48,141 @@ PROG = "main_clsa.py"
 
 
 def run_dir_for(args: argparse.Namespace) -> str:
-    """<log_path>/<dataset>/Alpha_<alpha>/Aug_<aug_times>/lr_<lr>/cos_<cos>/<yymmdd-HHMMSS>, or the resumed one."""
+    """--run_dir, the resumed checkpoint's folder, or <log_path>/<dataset>/Alpha_<a>/Aug_<n>/lr_<lr>/cos_<c>/<stamp>.
+
+    --alpha's default is the int 1 (as in 2021): "Alpha_1" by default, "Alpha_1.0" when passed.
+    """
+    if args.run_dir:
+        return args.run_dir
     if args.resume:
         return os.path.dirname(os.path.abspath(args.resume))
-    # --alpha's default is the int 1 (as in 2021): "Alpha_1" by default, "Alpha_1.0" when passed.
     return os.path.join(args.log_path, args.dataset, f"Alpha_{args.alpha}", f"Aug_{args.aug_times}", f"lr_{args.lr}",
                         f"cos_{args.cos}", timestamp())
 
 
 def build_loader(args: argparse.Namespace, ctx: DistContext, batch: int, transform: MultiViewTransform) -> DataLoader:
-    dataset = build_dataset(args.dataset, args.data, "train", transform)
+    dataset = RobustViews(build_dataset(args.dataset, args.data, "train", transform), args.seed, args.strict_data)
     check_batch(args.batch_size, ctx.local_world_size, ctx.world_size, args.moco_k, len(dataset))
-    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                 seed=args.seed or 0, drop_last=True)
+    sampler = EpochSampler(dataset, ctx.world_size, ctx.rank, args.seed or 0, batch)
     workers = math.ceil(args.workers / ctx.local_world_size)
+    generator = torch.Generator().manual_seed(args.seed + ctx.rank) if args.seed is not None else None
     return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
-                      pin_memory=ctx.device.type == "cuda", worker_init_fn=seed_worker,
+                      pin_memory=ctx.device.type == "cuda", worker_init_fn=loader_worker_init, generator=generator,
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
 
 
+def resume(args: argparse.Namespace, model: CLSA, optimizer: torch.optim.Optimizer, ctx: DistContext) -> dict:
+    """Load --resume (or the --resume auto choice) into model and optimizer; returns the position to continue."""
+    path = auto_resume_path(args.run_dir) if args.resume == "auto" else args.resume
+    if not path:
+        return {"path": "", "epoch": args.start_epoch, "iteration": 0, "best_acc": float("-inf")}
+    ckpt = load_checkpoint(path)
+    check_compatible(ckpt, args, path)
+    load_prefixed_state_dict(model, ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    rngs = ckpt.get("rng")
+    if isinstance(rngs, list) and len(rngs) == ctx.world_size:
+        set_rng_state(rngs[ctx.rank])
+    return {"path": path, "epoch": int(ckpt["epoch"]), "iteration": int(ckpt.get("iteration", 0)),
+            "best_acc": best_acc_value(ckpt)}
+
+
+def save(model, optimizer, args, ctx, run_dir, epoch, iteration, best_acc, is_best=False) -> str:
+    """Gather every process's RNG state, then rank 0 writes. `epoch`/`iteration`: where to continue."""
+    rngs = gather_objects(rng_state())
+    path = ""
+    if ctx.is_main:
+        state = {"epoch": epoch, "iteration": iteration, "arch": args.arch, "state_dict": prefixed_state_dict(model),
+                 "optimizer": optimizer.state_dict(), "best_acc": best_acc, "args": vars(args).copy(),
+                 "scaler": None, "rng": rngs}
+        done = epoch - 1 if iteration == 0 else epoch  # the 0-based epoch the periodic copies are named after
+        path = save_epoch_checkpoints(state, run_dir, done, is_best and iteration == 0,
+                                      args.save_freq if iteration == 0 else 0)
+    barrier()  # nobody exits before rank 0's file is complete
+    return path
+
+
 def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
+    stop = StopRequest().install()
     seed_everything(args.seed, ctx.rank, deterministic=args.seed is not None)
     batch = check_batch(args.batch_size, ctx.local_world_size, ctx.world_size, args.moco_k, None)
     crops = expand_crops(args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops)
     pick_strong = args.pick_strong if args.alpha != 0 else []  # alpha 0: MoCo v2, no strong views computed
     transform = MultiViewTransform(crops, args.pick_weak, pick_strong, args.aug_times)
     loader = build_loader(args, ctx, batch, transform)
+    model = CLSA(args.arch, args.moco_dim, args.moco_k, args.moco_m, bool(args.mlp), bool(args.sym),
+                 args.channels_last).to(ctx.device)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], args.lr,
+                                momentum=args.momentum, weight_decay=args.weight_decay)
+    pos = resume(args, model, optimizer, ctx)
 
     run_dir = broadcast_object(run_dir_for(args) if ctx.is_main else None)
     logger = RunLogger(run_dir, ctx.is_main)
     logger.info(f"run directory: {run_dir}")
     logger.info(f"{ctx.world_size} process(es) on {ctx.device.type}, batch {batch} per process "
-                f"(global {batch * ctx.world_size}), arch {args.arch}, K {args.moco_k}, {len(loader)} iterations/epoch")
+                f"(global {batch * ctx.world_size}), arch {args.arch}, K {args.moco_k}, "
+                f"{loader.sampler.batches_per_epoch()} iterations/epoch")
     sizes = transform.sizes()
     logger.info(f"views per image: key {sizes[0]}px, weak {sizes[1:1 + transform.num_weak]}, "
                 f"strong {sizes[1 + transform.num_weak:]}")
-
-    model = CLSA(args.arch, args.moco_dim, args.moco_k, args.moco_m, bool(args.mlp), bool(args.sym),
-                 args.channels_last).to(ctx.device)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], args.lr,
-                                momentum=args.momentum, weight_decay=args.weight_decay)
-    scaler = None  # bf16 autocast needs no loss scaling
-    best_acc = 0.0
-    if args.resume:
-        ckpt = load_checkpoint(args.resume)
-        load_prefixed_state_dict(model, ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        args.start_epoch, best_acc = int(ckpt["epoch"]), best_acc_value(ckpt)
-        if "rng" in ckpt and ctx.world_size == 1:
-            set_rng_state(ckpt["rng"])
-        logger.info(f"resumed {args.resume} at epoch {args.start_epoch} (queue_ptr {int(model.queue_ptr)})")
+    if pos["path"]:
+        logger.info(f"resumed {pos['path']} at epoch {pos['epoch']} iteration {pos['iteration']} "
+                    f"(queue_ptr {int(model.queue_ptr)})")
     if ctx.distributed:
         model = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     logger.write_json("args.json", vars(args))
+    try:
+        train(model, optimizer, loader, transform, args, ctx, logger, run_dir, pos, stop)
+    finally:
+        logger.close()
 
+
+def train(model, optimizer, loader, transform, args, ctx, logger, run_dir, pos, stop) -> None:
     knn_monitor = _knn_monitor(args, ctx, logger)
-    steps = len(loader)
-    for epoch in range(args.start_epoch, args.epochs):
+    best_acc, start_iter = pos["best_acc"], pos["iteration"]
+    for epoch in range(pos["epoch"], args.epochs):
         loader.sampler.set_epoch(epoch)
+        loader.sampler.start_batch = start_iter
         lr = learning_rate(args.lr, epoch, args.epochs, args.cos)
         set_learning_rate(optimizer, lr)
-        summary = train_one_epoch(model, loader, optimizer, scaler, epoch, ctx, args, logger,
-                                  transform.num_weak, steps)
+        try:
+            summary = train_one_epoch(model, loader, optimizer, None, epoch, ctx, args, logger, transform.num_weak,
+                                      loader.sampler.batches_per_epoch(), start_iter, stop)
+        except NonFiniteLoss as err:
+            last = os.path.join(run_dir, "checkpoint_last.pth.tar")
+            logger.info(f"{PROG}: error: {err}; the last good checkpoint is {last if os.path.exists(last) else 'none'}"
+                        "; lower --lr, or pass --skip_nonfinite to skip such steps")
+            raise SystemExit(EXIT_NONFINITE) from None
+        start_iter = 0
+        _report_skipped(summary["skipped_files"], epoch, logger)
+        if summary["stopped_at"] is not None:
+            path = save(model, optimizer, args, ctx, run_dir, epoch, summary["stopped_at"], best_acc)
+            logger.info(f"{stop.name}: saved {path} at epoch {epoch} iteration {summary['stopped_at']}; "
+                        f"continue with --resume {path} (or --resume auto --run_dir {run_dir})")
+            raise SystemExit(stop.exit_code)
         acc1 = _global_mean(summary["acc1"], ctx)
-        is_best = acc1 > best_acc
-        best_acc = max(acc1, best_acc)
+        is_best, best_acc = acc1 > best_acc, max(acc1, best_acc)
         msg = (f"epoch {epoch} done in {format_duration(summary['seconds'])}: lr {lr:.4g} loss {summary['loss']:.4f} "
                f"(InfoNCE {summary['infonce']:.4f}, DDM {summary['ddm']:.4f}) Acc@1 {acc1:.2f} "
                f"{summary['img_per_s']:.1f} img/s")
         scalars = {"epoch/loss": summary["loss"], "epoch/infonce": summary["infonce"], "epoch/ddm": summary["ddm"],
                    "epoch/acc1": acc1, "epoch/lr": lr}
         if knn_monitor is not None and ((epoch + 1) % args.knn_freq == 0 or epoch + 1 == args.epochs):
-            knn_acc = knn_monitor(model)
-            msg += f", kNN top-1 {knn_acc:.2f}"
-            scalars["knn/top1"] = knn_acc
+            scalars["knn/top1"] = knn_monitor(model)
+            msg += f", kNN top-1 {scalars['knn/top1']:.2f}"
         logger.info(msg)
         logger.scalars(scalars, epoch)
-        if ctx.is_main:
-            state = {"epoch": epoch + 1, "arch": args.arch, "state_dict": prefixed_state_dict(model),
-                     "optimizer": optimizer.state_dict(), "best_acc": best_acc, "args": vars(args).copy(),
-                     "scaler": None, "rng": rng_state()}
-            path = save_epoch_checkpoints(state, run_dir, epoch, is_best, args.save_freq)
-            logger.info(f"saved {path}")
-    logger.close()
+        path = save(model, optimizer, args, ctx, run_dir, epoch + 1, 0, best_acc, is_best)
+        logger.info(f"saved {path}")
+        if agree(stop.signum is not None, True, ctx.device)[0]:
+            logger.info(f"{stop.name}: stopping after epoch {epoch}; continue with --resume {path}")
+            raise SystemExit(stop.exit_code)
+
+
+def _report_skipped(local: list[str], epoch: int, logger: RunLogger) -> None:
+    files = [f for part in gather_objects(local) for f in part]
+    if files:
+        logger.info(f"warning: epoch {epoch}: skipped {len(files)} unreadable image(s): {', '.join(files)}")
 
 
 def _global_mean(value: float, ctx: DistContext) -> float:

@@ -100,3 +100,29 @@ def best_acc_value(ckpt: dict[str, Any]) -> float:
     """best_acc as a float (the 2021 code saved a CUDA tensor)."""
     value = ckpt.get("best_acc", 0.0)
     return float(value.item() if torch.is_tensor(value) else value)
+
+
+COMPAT_FIELDS = ("arch", "moco_dim", "moco_k", "mlp", "sym")
+
+
+def check_compatible(ckpt: dict[str, Any], args: Any, path: str) -> None:
+    """Refuse a checkpoint from another kind of run, naming every differing field.
+
+    Checkpoints with `args` (ours) are compared field by field; older ones (2021 code, MoCo) by arch and queue shape.
+    """
+    saved = ckpt.get("args") or {}
+    if not saved:
+        saved = {"arch": ckpt.get("arch", args.arch)}
+        queue = ckpt["state_dict"].get(PREFIX + "queue")
+        if queue is not None:
+            saved.update(moco_dim=queue.shape[0], moco_k=queue.shape[1])
+    diffs = [f"{k}={saved[k]!r} (this run: {getattr(args, k)!r})" for k in COMPAT_FIELDS
+             if k in saved and saved[k] != getattr(args, k)]
+    if diffs:
+        raise UsageError(f"--resume {path!r} comes from an incompatible run: " + ", ".join(diffs))
+
+
+def auto_resume_path(run_dir: str) -> str:
+    """The newest complete checkpoint in `run_dir` ('' when there is none)."""
+    last = os.path.join(run_dir, "checkpoint_last.pth.tar")
+    return last if os.path.isfile(last) else ""

@@ -59,3 +59,12 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     if is_dist():
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every process's `obj`, in rank order, on every process."""
+    if not is_dist():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

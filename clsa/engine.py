@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from clsa.checkpoint import unwrap
+from clsa.faults import StopRequest, agree
 from clsa.losses import clsa_loss
 from ops.launch import DistContext
 from ops.logging import AverageMeter, RunLogger, format_duration, progress_line
@@ -63,10 +64,17 @@ def clsa_step_loss(model: nn.Module, views: list[torch.Tensor], num_weak: int, o
     return loss + loss2, stats, out.keys2
 
 
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; the run stops before the bad step touches the weights."""
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler | None, epoch: int, ctx: DistContext, args: argparse.Namespace,
-                    logger: RunLogger, num_weak: int, steps_per_epoch: int) -> dict[str, float]:
-    """Train for one epoch; returns the epoch means (loss, infonce, ddm, acc1, acc5, img_per_s)."""
+                    logger: RunLogger, num_weak: int, steps_per_epoch: int, start_iter: int = 0,
+                    stop: StopRequest | None = None) -> dict:
+    """Train one epoch from batch `start_iter`. Returns the epoch means (loss, infonce, ddm, acc1, acc5,
+    img_per_s, seconds), `stopped_at` (the next batch index when a stop signal ended the epoch early, else None)
+    and `skipped_files` (unreadable images this process replaced)."""
     meters = {k: AverageMeter(n, f) for k, n, f in (
         ("time", "Time", ":6.3f"), ("data", "Data", ":6.3f"), ("loss", "Loss", ":.4e"),
         ("infonce", "InfoNCE", ":.4e"), ("ddm", "DDM", ":.4e"), ("acc1", "Acc@1", ":6.2f"),
@@ -74,16 +82,25 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     model.train()
     n_iters = min(steps_per_epoch, args.max_iters) if args.max_iters else steps_per_epoch
     start = end = time.time()
-    images = 0
-    for i, (views, _) in enumerate(loader):
+    images, skipped_files, stopped_at = 0, [], None
+    for i, (views, _, skipped) in enumerate(loader, start=start_iter):
         if i >= n_iters:
             break
         meters["data"].update(time.time() - end)
+        for name in (f for entry in skipped if entry for f in entry.split("|")):
+            skipped_files.append(name)
+            logger.info(f"warning: skipped unreadable image {name}")
         views = [v.to(ctx.device, non_blocking=True) for v in views]
         n = views[0].shape[0]
         loss, stats, keys = clsa_step_loss(model, views, num_weak, ctx.rank * n, args, args.amp)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} iteration {i}")
+        stop_now, finite = agree(stop is not None and stop.signum is not None, bool(torch.isfinite(loss)),
+                                 ctx.device)
+        if not finite:
+            if not args.skip_nonfinite:
+                raise NonFiniteLoss(f"non-finite loss at epoch {epoch} iteration {i}")
+            logger.info(f"warning: non-finite loss at epoch {epoch} iteration {i}; step skipped (--skip_nonfinite)")
+            end = time.time()
+            continue
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -104,7 +121,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             logger.info("-" * 100)
             logger.info(f"contrastive loss count {int(stats['n_infonce'])}\tweak strong loss count "
                         f"{int(stats['n_ddm'])}")
-        if i % args.print_freq == 0 or i == n_iters - 1:
+        if i % args.print_freq == 0 or i == n_iters - 1 or stop_now:
             rate = images / max(end - start, 1e-9)
             eta = (n_iters - i - 1) * meters["time"].avg
             logger.info(progress_line(f"Epoch: [{epoch}]", i, n_iters, list(meters.values()),
@@ -113,8 +130,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             logger.scalars({"train/loss": loss.item(), "train/infonce": stats["infonce"], "train/ddm": stats["ddm"],
                             "train/acc1": stats["acc1"], "train/acc5": stats["acc5"], "train/img_per_s": rate,
                             "train/lr": optimizer.param_groups[0]["lr"]}, step)
+        if stop_now and i + 1 < n_iters:
+            stopped_at = i + 1
+            break
     elapsed = time.time() - start
-    summary = {k: meters[k].avg for k in ("loss", "infonce", "ddm", "acc1", "acc5")}
-    summary["img_per_s"] = images / max(elapsed, 1e-9)
-    summary["seconds"] = elapsed
+    summary: dict = {k: meters[k].avg for k in ("loss", "infonce", "ddm", "acc1", "acc5")}
+    summary.update(img_per_s=images / max(elapsed, 1e-9), seconds=elapsed, stopped_at=stopped_at,
+                   skipped_files=skipped_files)
     return summary

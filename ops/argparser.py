@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cos", type=int, default=1,
                    help="LR schedule per epoch e: 1 = lr*(1+cos(pi e/E))/2, 2 = lr*cos(pi e/(2E)), other = constant")
     g.add_argument("--print_freq", type=int, default=10, help="print and log every N iterations")
-    g.add_argument("--resume", type=str, default="", help="checkpoint to continue from (its run directory is reused)")
+    g.add_argument("--resume", type=str, default="",
+                   help="checkpoint to continue from (its run directory is reused), or 'auto': the newest checkpoint "
+                        "of --run_dir, starting fresh when there is none")
     g.add_argument("--seed", type=int, default=None, help="seed python/numpy/torch in every process and loader worker")
 
     g = p.add_argument_group("distributed")
@@ -92,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--knn_k", type=int, default=200, help="neighbours for the kNN monitor")
     g.add_argument("--knn_t", type=float, default=0.1, help="temperature for the kNN monitor")
     g.add_argument("--knn_size", type=int, default=None, help="image size for the kNN monitor (default: size_crops[0])")
+    g.add_argument("--run_dir", type=str, default="",
+                   help="run directory to use instead of <log_path>/<dataset>/.../<stamp> (needed by --resume auto)")
+    g.add_argument("--strict_data", action="store_true", help="stop at an unreadable image instead of skipping it")
+    g.add_argument("--skip_nonfinite", action="store_true",
+                   help="skip an optimiser step whose loss is NaN/inf instead of stopping the run")
+    g.add_argument("--dist_timeout", type=float, default=30, help="minutes a collective may wait for a process")
     g.add_argument("--max_iters", type=int, default=0, help="stop each epoch after N iterations (0: full epochs)")
     return p
 

@@ -54,3 +54,10 @@ def seed_worker(worker_id: int) -> None:
 def cpu_threads_per_process(procs: int) -> int:
     """Split the machine's cores between co-located processes."""
     return max(1, (os.cpu_count() or 1) // max(1, procs))
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """worker_init_fn for training loaders: seeds (see `seed_worker`) and leaves stop signals to the main process."""
+    from clsa.faults import ignore_stop_signals
+    seed_worker(worker_id)
+    ignore_stop_signals()

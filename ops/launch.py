@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,8 +20,6 @@ import torch.multiprocessing as mp
 
 from ops.environment import cpu_threads_per_process, raise_file_limit, use_cuda
 from ops.errors import UsageError, exit_usage
-
-COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
 
 
 @dataclass
@@ -49,11 +48,37 @@ def _torchrun_env() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE"))
 
 
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a SLURM node list: 'gpu[03-05,07],cpu1' -> 'gpu03'."""
+    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist[: nodelist.index("]") + 1]
+    if "[" not in head:
+        return head
+    prefix, ranges = head.split("[", 1)
+    return prefix + ranges.rstrip("]").split(",")[0].split("-")[0]
+
+
+def slurm_to_torch_env(environ: dict | None = None) -> bool:
+    """Under srun without torchrun, fill RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE/MASTER_ADDR/MASTER_PORT from
+    SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID/SLURM_NTASKS_PER_NODE/SLURM_NODELIST. Returns whether it did."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env or "SLURM_PROCID" not in env or "SLURM_NTASKS" not in env:
+        return False
+    env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    per_node = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "1").split("(")[0].split(",")[0]
+    env["LOCAL_WORLD_SIZE"] = per_node
+    env["GROUP_RANK"] = str(int(env["RANK"]) // max(int(per_node), 1))
+    env.setdefault("MASTER_ADDR", first_slurm_host(env.get("SLURM_NODELIST", "127.0.0.1")))
+    env.setdefault("MASTER_PORT", "29500")
+    return True
+
+
 def _init_group(ctx: DistContext, args: argparse.Namespace, cuda: bool) -> None:
     backend = args.dist_backend if cuda else "gloo"
     if ctx.world_size > 1:
+        timeout = datetime.timedelta(minutes=getattr(args, "dist_timeout", 30))
         dist.init_process_group(backend=backend, init_method=args.dist_url, world_size=ctx.world_size,
-                                rank=ctx.rank, timeout=COLLECTIVE_TIMEOUT)
+                                rank=ctx.rank, timeout=timeout)
 
 
 def _run(ctx: DistContext, args: argparse.Namespace, worker: Worker, prog: str, cuda: bool) -> None:
@@ -82,6 +107,8 @@ def _spawned(local_rank: int, worker: Worker, args: argparse.Namespace, prog: st
 
 def plan(args: argparse.Namespace) -> tuple[int, int, int, bool]:
     """(processes per node, node rank, world size, use CUDA) for the flags and the visible hardware."""
+    if args.dist_url == "env://":
+        slurm_to_torch_env()
     if getattr(args, "choose", None) and getattr(args, "nodes_num", 1) == 1:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.choose
     cuda = use_cuda(args.device)
@@ -116,7 +143,23 @@ def launch(worker: Worker, args: argparse.Namespace, prog: str) -> None:
         device = torch.device(f"cuda:{gpu}") if cuda else torch.device("cpu")
         _run(DistContext(node_rank, world, 0, 1, node_rank, device), args, worker, prog, cuda)
         return
+    context = mp.start_processes(_spawned, args=(worker, args, prog, nproc, node_rank, world, cuda), nprocs=nproc,
+                                 join=False, start_method="spawn")
+    _forward_stop_signals([p.pid for p in context.processes])
     try:
-        mp.spawn(_spawned, args=(worker, args, prog, nproc, node_rank, world, cuda), nprocs=nproc, join=True)
+        while not context.join():
+            pass
     except mp.ProcessExitedException as err:
         raise SystemExit(err.exit_code if err.exit_code and err.exit_code > 0 else 1) from None
+
+
+def _forward_stop_signals(pids: list[int]) -> None:
+    """Pass SIGTERM/SIGUSR1/SIGINT from the launching process to each worker (which checkpoints and exits)."""
+    def forward(signum, frame):
+        for pid in pids:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+    for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(s, forward)

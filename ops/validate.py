@@ -71,9 +71,11 @@ def check_pretrain_args(args: argparse.Namespace) -> None:
     if args.sym not in (0, 1):
         raise UsageError(f"--sym must be 0 or 1, got {args.sym}")
     check_resume(args.resume)
+    if args.resume == "auto" and not args.run_dir:
+        raise UsageError("--resume auto needs --run_dir (the run directory to continue or start)")
     if args.dataset.lower() != "fashionmnist":
         check_image_folder(args.data)
-    if args.knn_data:
+    if args.knn_data and args.dataset.lower() != "fashionmnist":  # FashionMNIST: its IDX train/test files
         check_image_folder(args.knn_data, "--knn_data", "train")
         check_image_folder(args.knn_data, "--knn_data", "val")
 

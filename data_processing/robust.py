@@ -1,0 +1,77 @@
+"""Loading that survives bad files and resumes mid-epoch.
+
+`EpochSampler` yields (epoch, index) keys in DistributedSampler order and can start at a batch inside the epoch.
+`RobustViews` wraps a dataset: with a seed, each sample's augmentation RNGs are seeded from (seed, epoch, index),
+so a resumed run sees exactly the views of an uninterrupted one whatever the worker layout; an unreadable file is
+replaced by the next readable sample and reported instead of killing the epoch.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from PIL import UnidentifiedImageError
+from torch.utils.data import Dataset, DistributedSampler
+
+UNREADABLE = (OSError, UnidentifiedImageError, SyntaxError)  # PIL: truncated, empty, or not an image
+
+
+class EpochSampler(DistributedSampler):
+    """DistributedSampler that yields (epoch, index) and can skip the first `start_batch` batches once."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, batch_size: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.batch_size = batch_size
+        self.start_batch = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(super().__iter__())[self.start_batch * self.batch_size:]
+        self.start_batch = 0  # only the first epoch after a resume is partial
+        return iter([(self.epoch, i) for i in indices])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start_batch * self.batch_size
+
+    def batches_per_epoch(self) -> int:
+        return self.num_samples // self.batch_size
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class RobustViews(Dataset):
+    """dataset[(epoch, index)] -> (views, target, skipped) where `skipped` names unreadable files ('|'-joined)."""
+
+    def __init__(self, dataset: Dataset, seed: int | None, strict: bool = False) -> None:
+        self.dataset, self.seed, self.strict = dataset, seed, strict
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _path(self, index: int) -> str:
+        samples = getattr(self.dataset, "samples", None)
+        return samples[index][0] if samples is not None else f"sample {index}"
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        if self.seed is not None:
+            s = sample_seed(self.seed, epoch, index)
+            random.seed(s)
+            np.random.seed(s)
+            torch.manual_seed(s)
+        skipped = []
+        for attempt in range(min(len(self.dataset), 100)):
+            i = (index + attempt) % len(self.dataset)
+            try:
+                views, target = self.dataset[i]
+                return views, target, "|".join(skipped)
+            except UNREADABLE as err:
+                if self.strict:
+                    raise RuntimeError(f"unreadable image {self._path(i)}: {err} (drop --strict_data to skip it)") \
+                        from err
+                skipped.append(self._path(i))
+        raise RuntimeError(f"100 unreadable images in a row from {self._path(index)}; is the data folder intact?")
