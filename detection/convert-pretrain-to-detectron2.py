@@ -1,0 +1,36 @@
+#!/usr/bin/env python
+"""Convert a CLSA/MoCo pretraining checkpoint (or a torchvision ResNet) to a detectron2 pickle.
+
+Usage: python convert-pretrain-to-detectron2.py IN.pth.tar OUT.pkl [--quiet]
+
+Prints "old -> new" for every key (as MoCo's converter does) and a final line with the number of tensors written.
+A file without a ResNet encoder is refused with one line on stderr and exit code 2; OUT is then left untouched.
+The logic lives in convert.py next to this file.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from convert import ConversionError, convert_file  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, convert, report; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("input", metavar="IN", help="pretraining checkpoint (.pth.tar) or ResNet state dict")
+    parser.add_argument("output", metavar="OUT", help="detectron2 pickle to write (.pkl)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="do not print the per-key renaming")
+    args = parser.parse_args(argv)
+    try:
+        count = convert_file(args.input, args.output, verbose=not args.quiet)
+    except ConversionError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    print(f"wrote {count} tensors to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
