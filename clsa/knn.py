@@ -12,6 +12,7 @@ computes the same accuracy; each image is used exactly once.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -128,7 +129,8 @@ def eval_transform(size: int, resize: int | None = None) -> T.Compose:
 class KNNMonitor:
     """kNN top-1 of the query encoder f_q: bank `<knn_data>/train`, queries `<knn_data>/val`.
 
-    `dataset` is the dataset name given to `build_dataset` ('FashionMNIST' uses its train/test IDX files).
+    `dataset` is the dataset name given to `build_dataset` ('FashionMNIST' uses its train/test IDX files), unless
+    `knn_data` has a train/ folder: then train/ and val/ are read as ImageFolders.
     Called with the CLSA model (possibly DDP-wrapped: f_q = unwrap(model).encoder_q) or with a plain backbone.
     Every rank must call it; it restores the model's train/eval modes.
     """
@@ -137,6 +139,8 @@ class KNNMonitor:
                  workers: int = 0, log: Callable[[str], None] = print, resize: int | None = None,
                  batch_size: int = 256) -> None:
         transform = eval_transform(size, resize)
+        if os.path.isdir(os.path.join(knn_data, "train")):
+            dataset = "ImageFolder"  # a labelled train/ + val/ folder, whatever the pretraining --dataset
         self.bank_set = build_dataset(dataset, knn_data, "train", transform)
         self.query_set = build_dataset(dataset, knn_data, "val", transform)
         bank_classes, query_classes = list(self.bank_set.classes), list(self.query_set.classes)

@@ -40,7 +40,7 @@ class LoadReport:
                 "torchvision": "torchvision state_dict"}[self.source]
         extra = f", epoch {self.epoch}" if self.epoch is not None else ""
         head = "with" if self.fc_loaded else "without"
-        return f"{self.path}: {what}{extra}, {self.loaded} tensors loaded {head} fc"
+        return f"{what}{extra}, {self.loaded} tensors loaded {head} fc"
 
 
 def read_state_dict(path: str, flag: str = "--pretrained") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""VOC07 classification transfer (run VOC_CLF/main.py)."""
