@@ -41,7 +41,7 @@ from ops.environment import seed_everything, seed_worker
 from ops.errors import UsageError, exit_usage
 from ops.launch import DistContext, launch
 from ops.lincls_argparser import check_lincls_args, parse_args
-from ops.logging import RunLogger, format_duration, timestamp
+from ops.logging import RunLogger, format_duration, timestamp, unique_run_dir
 
 PROG = "lincls.py"
 
@@ -50,11 +50,8 @@ def run_dir_for(args: argparse.Namespace) -> str:
     """<save_path>/<log_path>/{Finetune_log,kNN_log}/<yymmdd-HHMMSS>, or the directory of --resume."""
     if args.resume:
         return os.path.dirname(os.path.abspath(args.resume))
-    base = os.path.join(args.save_path, args.log_path, "kNN_log" if args.knn else "Finetune_log", timestamp())
-    path, i = base, 1
-    while os.path.exists(path):
-        path, i = f"{base}-{i}", i + 1
-    return path
+    return unique_run_dir(os.path.join(args.save_path, args.log_path, "kNN_log" if args.knn else "Finetune_log",
+                                       timestamp()))
 
 
 def transforms(args: argparse.Namespace) -> tuple[T.Compose, T.Compose]:

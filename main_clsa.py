@@ -41,7 +41,7 @@ from ops.argparser import parse_args
 from ops.environment import loader_worker_init, seed_everything
 from ops.errors import UsageError, exit_usage
 from ops.launch import DistContext, launch, plan
-from ops.logging import RunLogger, format_duration, timestamp
+from ops.logging import RunLogger, format_duration, timestamp, unique_run_dir
 from ops.validate import check_batch, check_pretrain_args
 
 PROG = "main_clsa.py"
@@ -56,8 +56,8 @@ def run_dir_for(args: argparse.Namespace) -> str:
         return args.run_dir
     if args.resume:
         return os.path.dirname(os.path.abspath(args.resume))
-    return os.path.join(args.log_path, args.dataset, f"Alpha_{args.alpha}", f"Aug_{args.aug_times}", f"lr_{args.lr}",
-                        f"cos_{args.cos}", timestamp())
+    return unique_run_dir(os.path.join(args.log_path, args.dataset, f"Alpha_{args.alpha}", f"Aug_{args.aug_times}",
+                                       f"lr_{args.lr}", f"cos_{args.cos}", timestamp()))
 
 
 def build_loader(args: argparse.Namespace, ctx: DistContext, batch: int, transform: MultiViewTransform) -> DataLoader:

@@ -15,6 +15,28 @@ RESNET_ARCHS = (
 )
 
 
+def add_launch_flags(p: argparse.ArgumentParser, sep: str, world_size: int, rank: int) -> None:
+    """The flags `ops.launch` reads. `sep` is "_" for main_clsa.py and "-" for lincls.py (2021 spellings)."""
+    def name(flag: str) -> str:
+        return "--" + flag.replace("_", sep)
+
+    mp_flag = name("multiprocessing_distributed")
+    g = p.add_argument_group("distributed")
+    g.add_argument(name("world_size"), type=int, default=world_size, help="number of nodes (-1 is read as 1)")
+    g.add_argument("--rank", type=int, default=rank, help="node rank (-1 is read as 0)")
+    g.add_argument(name("dist_url"), type=str, default="tcp://localhost:10001",
+                   help="init method; 'env://' under torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or srun (SLURM_*)")
+    g.add_argument(name("dist_backend"), type=str, default="nccl", help="nccl on GPUs; gloo is used on CPU")
+    g.add_argument("--gpu", type=int, default=None, help=f"GPU index when {mp_flag} 0")
+    g.add_argument(mp_flag, type=int, default=1,
+                   help=f"1: one process per GPU (or {name('cpu_procs')} processes on CPU); 0: a single process")
+    g.add_argument("--nodes_num", type=int, default=1, help="number of nodes; --choose applies only when 1")
+    g.add_argument("--choose", type=str, default=None, help="e.g. '0,1,2,3': sets CUDA_VISIBLE_DEVICES")
+    g.add_argument(name("cpu_procs"), type=int, default=1, help="processes per node to spawn when no GPU is used")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available")
+    g.add_argument(name("dist_timeout"), type=float, default=30, help="minutes a collective may wait for a process")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="main_clsa.py",
@@ -47,17 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "of --run_dir, starting fresh when there is none")
     g.add_argument("--seed", type=int, default=None, help="seed python/numpy/torch in every process and loader worker")
 
-    g = p.add_argument_group("distributed")
-    g.add_argument("--world_size", type=int, default=-1, help="number of nodes (-1 is read as 1)")
-    g.add_argument("--rank", type=int, default=-1, help="node rank (-1 is read as 0)")
-    g.add_argument("--dist_url", type=str, default="tcp://localhost:10001",
-                   help="init method; 'env://' under torchrun (RANK, WORLD_SIZE, LOCAL_RANK)")
-    g.add_argument("--dist_backend", type=str, default="nccl", help="nccl on GPUs; gloo is used on CPU")
-    g.add_argument("--gpu", type=int, default=None, help="GPU index when --multiprocessing_distributed 0")
-    g.add_argument("--multiprocessing_distributed", type=int, default=1,
-                   help="1: one process per GPU (or --cpu_procs processes on CPU); 0: a single process")
-    g.add_argument("--nodes_num", type=int, default=1, help="number of nodes; --choose applies only when 1")
-    g.add_argument("--choose", type=str, default=None, help="e.g. '0,1,2,3': sets CUDA_VISIBLE_DEVICES")
+    add_launch_flags(p, sep="_", world_size=-1, rank=-1)
 
     g = p.add_argument_group("method (CLSA)")
     g.add_argument("--moco_dim", type=int, default=128, help="embedding dimension d")
@@ -83,8 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="indices of the weak views used (into the flattened crop list)")
 
     g = p.add_argument_group("additions (not in the 2021 code)")
-    g.add_argument("--cpu_procs", type=int, default=1, help="processes per node to spawn when no GPU is used (gloo)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available")
     g.add_argument("--amp", action="store_true", help="autocast (bf16 on CPU and CUDA, loss in fp32)")
     g.add_argument("--channels_last", action="store_true", help="channels_last memory format for the encoders")
     g.add_argument("--save_freq", type=int, default=10, help="also keep checkpoint_{epoch:04d} every N epochs")
@@ -99,7 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--strict_data", action="store_true", help="stop at an unreadable image instead of skipping it")
     g.add_argument("--skip_nonfinite", action="store_true",
                    help="skip an optimiser step whose loss is NaN/inf instead of stopping the run")
-    g.add_argument("--dist_timeout", type=float, default=30, help="minutes a collective may wait for a process")
     g.add_argument("--max_iters", type=int, default=0, help="stop each epoch after N iterations (0: full epochs)")
     return p
 

@@ -109,6 +109,9 @@ def plan(args: argparse.Namespace) -> tuple[int, int, int, bool]:
     """(processes per node, node rank, world size, use CUDA) for the flags and the visible hardware."""
     if args.dist_url == "env://":
         slurm_to_torch_env()
+    elif "TORCHELASTIC_RUN_ID" in os.environ:
+        raise UsageError("running under torchrun: pass the env:// init method (--dist_url env:// in main_clsa.py, "
+                         "--dist-url env:// in lincls.py)")
     if getattr(args, "choose", None) and getattr(args, "nodes_num", 1) == 1:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.choose
     cuda = use_cuda(args.device)

@@ -11,7 +11,7 @@ import argparse
 import os
 from collections.abc import Sequence
 
-from ops.argparser import RESNET_ARCHS
+from ops.argparser import RESNET_ARCHS, add_launch_flags
 from ops.errors import UsageError
 from ops.validate import check_image_folder, check_resume
 
@@ -55,21 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only validate a linear checkpoint (--resume, or --pretrained of a lincls.py checkpoint)")
     g.add_argument("--seed", type=int, default=None, help="seed python/numpy/torch in every process and worker")
 
-    g = p.add_argument_group("distributed")
-    g.add_argument("--world-size", type=int, default=1, help="number of nodes")
-    g.add_argument("--rank", type=int, default=0, help="node rank")
-    g.add_argument("--dist-url", type=str, default="tcp://localhost:10001",
-                   help="init method; 'env://' under torchrun")
-    g.add_argument("--dist-backend", type=str, default="nccl", help="nccl on GPUs; gloo is used on CPU")
-    g.add_argument("--gpu", type=int, default=None, help="GPU index when --multiprocessing-distributed 0")
-    g.add_argument("--multiprocessing-distributed", type=int, default=1,
-                   help="1: one process per GPU (or --cpu-procs on CPU); 0: a single process")
-    g.add_argument("--nodes_num", type=int, default=1, help="number of nodes; --choose applies only when 1")
-    g.add_argument("--choose", type=str, default=None, help="e.g. '0,1': sets CUDA_VISIBLE_DEVICES")
+    add_launch_flags(p, sep="-", world_size=1, rank=0)
 
     g = p.add_argument_group("additions (not in the 2021 code)")
-    g.add_argument("--cpu-procs", type=int, default=1, help="processes per node to spawn without a GPU (gloo)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available")
     g.add_argument("--train-crop", type=int, default=224, help="RandomResizedCrop size for training")
     g.add_argument("--val-resize", type=int, default=256, help="Resize (shorter side) before the centre crop")
     g.add_argument("--val-crop", type=int, default=224, help="CenterCrop size for validation and kNN")

@@ -84,6 +84,17 @@ class RunLogger:
             self._file.close()
 
 
+def unique_run_dir(base: str) -> str:
+    """Create and return `base`, or `base-1`, `base-2`, ... when runs started in the same second share a stamp."""
+    path, i = base, 1
+    while True:
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            path, i = f"{base}-{i}", i + 1
+
+
 def timestamp() -> str:
     """Colon-free run stamp `yymmdd-HHMMSS`."""
     return time.strftime("%y%m%d-%H%M%S")

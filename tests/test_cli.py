@@ -79,3 +79,17 @@ def test_bad_input_as_a_real_process(image_folder, tmp_path):
     r = run_script(["main_clsa.py", *argv])
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and expected in r.stderr
+
+
+def test_torchrun_without_env_url_is_refused(image_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    argv, _ = _bad_cases(image_folder, str(tmp_path))["moco_k not multiple"]
+    with pytest.raises(SystemExit) as e:
+        main_clsa.main([*argv, "--moco_k", "64"])
+    assert e.value.code == 2 and "running under torchrun: pass the env:// init method" in capsys.readouterr().err
+
+
+def test_run_directories_started_in_the_same_second_differ(tmp_path):
+    from ops.logging import unique_run_dir
+    base = str(tmp_path / "260101-000000")
+    assert [unique_run_dir(base) for _ in range(3)] == [base, base + "-1", base + "-2"]
