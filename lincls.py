@@ -23,7 +23,8 @@ from torchvision import transforms as T
 
 from clsa.checkpoint import atomic_copy, atomic_save, load_checkpoint, load_prefixed_state_dict, prefixed_state_dict
 from clsa.checkpoint import rng_state as checkpoint_rng_state
-from clsa.distributed import broadcast_object
+from clsa.distributed import barrier, broadcast_object
+from clsa.faults import StopRequest
 from clsa.knn import KNNMonitor, shard_indices
 from clsa.linear import (
     backbone_snapshot,
@@ -187,13 +188,19 @@ def linear_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogger,
     loader_train = DataLoader(train_set, batch_size=batch, sampler=sampler, **loader_kwargs(workers, ctx))
     logger.write_json("args.json", vars(args))
     best_epoch, res = None, {}
+    stop = StopRequest().install()
     for epoch in range(args.start_epoch, args.epochs):
         sampler.set_epoch(epoch)
         lr = linear_lr(args.lr, args.final_lr, epoch, args.epochs, args.cos, args.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
         start = time.time()
-        train = train_linear_epoch(model, loader_train, optimizer, epoch, ctx.device, args.print_freq, logger.info)
+        train = train_linear_epoch(model, loader_train, optimizer, epoch, ctx.device, args.print_freq, logger.info,
+                                   stop)
+        if train["stopped"]:  # preempted: keep the weights, redo this (short) epoch on --resume
+            path = save_linear(model, optimizer, args, ctx, run_dir, epoch, best_acc1, False)
+            logger.info(f"{stop.name}: saved {path}; epoch {epoch} restarts with --resume {path}")
+            raise SystemExit(stop.exit_code)
         res = validate(model, loader_val, ctx.device, args.print_freq, logger.info)
         is_best = res["top1"] > best_acc1
         best_acc1 = max(res["top1"], best_acc1)
@@ -206,18 +213,25 @@ def linear_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogger,
                                           "best_acc1": best_acc1, "best_epoch": best_epoch,
                                           "images": res["images"], "mode": "linear", "arch": args.arch,
                                           "pretrained": args.pretrained})
-        if ctx.is_main:
-            state = {"epoch": epoch + 1, "arch": args.arch, "state_dict": prefixed_state_dict(model),
-                     "best_acc1": best_acc1, "optimizer": optimizer.state_dict(), "args": vars(args).copy(),
-                     "rng": checkpoint_rng_state()}
-            path = os.path.join(run_dir, "checkpoint.pth.tar")
-            atomic_save(state, path)
-            if is_best:
-                atomic_copy(path, os.path.join(run_dir, "model_best.pth.tar"))
+        save_linear(model, optimizer, args, ctx, run_dir, epoch + 1, best_acc1, is_best)
     changed = changed_backbone_tensors(model, reference)
     if changed:
         raise RuntimeError(f"sanity check failed: {len(changed)} backbone tensors changed, e.g. {changed[:3]}")
     logger.info(f"=> sanity check passed: {len(reference)} backbone tensors (weights and BN statistics) unchanged")
+
+
+def save_linear(model, optimizer, args, ctx: DistContext, run_dir: str, epoch: int, best_acc1: float,
+                is_best: bool) -> str:
+    """Rank 0 writes checkpoint.pth.tar (epoch = the next epoch to run) and, when `is_best`, model_best.pth.tar."""
+    path = os.path.join(run_dir, "checkpoint.pth.tar")
+    if ctx.is_main:
+        state = {"epoch": epoch, "arch": args.arch, "state_dict": prefixed_state_dict(model), "best_acc1": best_acc1,
+                 "optimizer": optimizer.state_dict(), "args": vars(args).copy(), "rng": checkpoint_rng_state()}
+        atomic_save(state, path)
+        if is_best:
+            atomic_copy(path, os.path.join(run_dir, "model_best.pth.tar"))
+    barrier()
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from clsa.checkpoint import unwrap
 from clsa.distributed import all_reduce_sum
+from clsa.faults import StopRequest, agree
 from clsa.pretrained import backbone
 from ops.logging import AverageMeter, progress_line
 
@@ -69,8 +70,10 @@ def _meters(names: tuple[str, ...]) -> dict[str, AverageMeter]:
 
 
 def train_linear_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, epoch: int,
-                       device: torch.device, print_freq: int, log: Callable[[str], None]) -> dict[str, float]:
-    """One epoch of cross-entropy on fc with the backbone in eval mode. Returns the local means."""
+                       device: torch.device, print_freq: int, log: Callable[[str], None],
+                       stop: StopRequest | None = None) -> dict[str, float]:
+    """One epoch of cross-entropy on fc with the backbone in eval mode. Returns the local means and `stopped`
+    (a stop signal ended the epoch early; every process agrees on it)."""
     criterion = nn.CrossEntropyLoss()
     meters = _meters(("Time", "Data", "Loss", "Acc@1", "Acc@5"))
     model.eval()  # BN running statistics stay those of the pretrained encoder
@@ -91,9 +94,13 @@ def train_linear_epoch(model: nn.Module, loader: Iterable, optimizer: torch.opti
         optimizer.step()
         meters["Time"].update(time.time() - end)
         end = time.time()
-        if i % print_freq == 0 or i == n_iters - 1:
+        stopped = agree(stop is not None and stop.signum is not None, True, device)[0] if stop else False
+        if i % print_freq == 0 or i == n_iters - 1 or stopped:
             log(progress_line(f"Epoch: [{epoch}]", i, n_iters, list(meters.values())))
-    return {"loss": meters["Loss"].avg, "acc1": meters["Acc@1"].avg, "acc5": meters["Acc@5"].avg}
+        if stopped:
+            break
+    return {"loss": meters["Loss"].avg, "acc1": meters["Acc@1"].avg, "acc5": meters["Acc@5"].avg,
+            "stopped": stopped if n_iters else False}
 
 
 @torch.no_grad()
