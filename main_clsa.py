@@ -38,7 +38,7 @@ from data_processing.datasets import build_dataset
 from data_processing.robust import EpochSampler, RobustViews
 from data_processing.transforms import MultiViewTransform, expand_crops
 from ops.argparser import parse_args
-from ops.environment import loader_worker_init, seed_everything
+from ops.environment import keep_freed_memory, loader_worker_init, seed_everything
 from ops.errors import UsageError, exit_usage
 from ops.launch import DistContext, launch, plan
 from ops.logging import RunLogger, format_duration, timestamp, unique_run_dir
@@ -104,6 +104,8 @@ def save(model, optimizer, args, ctx, run_dir, epoch, iteration, best_acc, is_be
 
 def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
     stop = StopRequest().install()
+    if ctx.device.type == "cpu":
+        keep_freed_memory()
     seed_everything(args.seed, ctx.rank, deterministic=args.seed is not None)
     batch = check_batch(args.batch_size, ctx.local_world_size, ctx.world_size, args.moco_k, None)
     crops = expand_crops(args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops)

@@ -89,11 +89,14 @@ class CLSA(nn.Module):
     def forward(self, key: torch.Tensor, weak: list[torch.Tensor], strong: list[torch.Tensor]) -> Embeddings:
         """One separate encoder_q forward per view (BN statistics per view and resolution)."""
         self.momentum_update()
+        # Keys first: the same values either way, but on CPU it reuses memory the query graph would otherwise
+        # page-fault in again (benchmarks/bench_alloc.py).
+        keys = self.encode_keys(key)
+        keys2 = self.encode_keys(weak[0]) if self.sym else None
         out = Embeddings(weak=[self.encode_query(v) for v in weak], strong=[self.encode_query(v) for v in strong],
-                         keys=self.encode_keys(key))
+                         keys=keys, keys2=keys2)
         if self.sym:
             out.key_query = self.encode_query(key)
-            out.keys2 = self.encode_keys(weak[0])
         return out
 
     @torch.no_grad()

@@ -97,12 +97,27 @@ class RandAugment:
             raise ValueError(f"RandAugment needs n >= 0 and m >= 2, got n={n}, m={m}")
         self.n, self.m, self.pool = n, m, pool
 
-    def __call__(self, img: Image.Image) -> Image.Image:
+    def draw(self) -> list[tuple[Callable[[Image.Image, int], Image.Image], int]]:
+        """The (op, magnitude) pairs to apply, drawn in the 2021 order: ops with replacement, then per op its
+        magnitude (numpy, always drawn) and its coin (python)."""
+        out = []
         for op in random.choices(self.pool, k=self.n):
             v = int(np.random.randint(1, self.m))
             if random.random() < 0.5:
-                img = op(img, v)
-        return img
+                out.append((op, v))
+        return out
+
+    def __call__(self, img: Image.Image | np.ndarray) -> Image.Image | np.ndarray:
+        """PIL image in, PIL image out; a uint8 H x W x 3 array in, an array out (converted only if an op runs)."""
+        todo = self.draw()
+        if not todo:
+            return img
+        is_array = isinstance(img, np.ndarray)
+        if is_array:
+            img = Image.fromarray(np.ascontiguousarray(img), "RGB")
+        for op, v in todo:
+            img = op(img, v)
+        return np.asarray(img) if is_array else img
 
     def __repr__(self) -> str:
         return f"RandAugment(n={self.n}, m={self.m}, ops={len(self.pool)})"

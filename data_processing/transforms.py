@@ -2,6 +2,10 @@
 
 Weak = MoCo v2 "aug+" (random resized crop, colour jitter p=0.8, grayscale p=0.2, Gaussian blur p=0.5, flip);
 strong = the same with independent draws, plus RandAugment(aug_times, 10) after the flip.
+
+Two implementations of the same views: backend "fast" (default; `data_processing.fast_views`, uint8 arrays and
+compiled pixel loops, bit-identical ops, docs/performance.md) and "torchvision" (the plain torchvision/PIL Compose
+below).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
+from data_processing import fast_views
 from data_processing.randaugment import RandAugment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,7 +43,7 @@ def normalize() -> T.Compose:
 
 
 def weak_view(size: int, scale: tuple[float, float]) -> T.Compose:
-    """MoCo v2 augmentation at `size` px with RandomResizedCrop `scale`."""
+    """MoCo v2 augmentation at `size` px with RandomResizedCrop `scale` (torchvision/PIL backend)."""
     return T.Compose([
         T.RandomResizedCrop(size, scale=scale),
         T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
@@ -54,6 +59,9 @@ def strong_view(size: int, scale: tuple[float, float], aug_times: int) -> T.Comp
     steps = list(weak_view(size, scale).transforms)
     steps.insert(-1, RandAugment(aug_times, 10))
     return T.Compose(steps)
+
+
+BACKENDS = {"fast": (fast_views.weak_view, fast_views.strong_view), "torchvision": (weak_view, strong_view)}
 
 
 @dataclass(frozen=True)
@@ -75,17 +83,23 @@ class MultiViewTransform:
     """image -> [key, weak_{a} for a in pick_weak, strong_{b} for b in pick_strong].
 
     Only picked views are produced. The key view uses the first crop setting. Picks are sorted and de-duplicated
-    (the 2021 code treated them as a set).
+    (the 2021 code treated them as a set). `backend`: "fast" (default) or "torchvision", same views either way.
     """
 
     def __init__(self, crops: Sequence[CropSetting], pick_weak: Sequence[int], pick_strong: Sequence[int],
-                 aug_times: int) -> None:
+                 aug_times: int, backend: str = "fast") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
+        weak_view_, strong_view_ = BACKENDS[backend]
+        self.backend = backend
         self.crops = list(crops)
         self.pick_weak = sorted(set(pick_weak))
         self.pick_strong = sorted(set(pick_strong))
-        self.key = weak_view(self.crops[0].size, self.crops[0].scale)
-        self.weak = [weak_view(self.crops[i].size, self.crops[i].scale) for i in self.pick_weak]
-        self.strong = [strong_view(self.crops[i].size, self.crops[i].scale, aug_times) for i in self.pick_strong]
+        self.key = weak_view_(self.crops[0].size, self.crops[0].scale)
+        self.weak = [weak_view_(self.crops[i].size, self.crops[i].scale) for i in self.pick_weak]
+        self.strong = [strong_view_(self.crops[i].size, self.crops[i].scale, aug_times) for i in self.pick_strong]
+        if backend == "fast":
+            fast_views.ops.warmup()  # compile once here; forked loader workers inherit the kernels
 
     @property
     def num_weak(self) -> int:

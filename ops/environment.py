@@ -61,3 +61,15 @@ def loader_worker_init(worker_id: int) -> None:
     from clsa.faults import ignore_stop_signals
     seed_worker(worker_id)
     ignore_stop_signals()
+
+
+def keep_freed_memory() -> bool:
+    """glibc only: keep freed memory in the process (no mmap for big blocks, no trimming), so CPU training steps
+    reuse it instead of page-faulting it in again every step. Returns whether it took effect."""
+    import ctypes
+    import ctypes.util
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(-4, 0)) and bool(mallopt(-1, -1))  # M_MMAP_MAX = 0, M_TRIM_THRESHOLD = -1 (off)

@@ -1,0 +1,1 @@
+"""Speed and memory measurements (not tests). Run each as `python3 benchmarks/<name>.py --help`."""
