@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""`make demo`: CLSA end to end on real Fashion-MNIST images on a CPU, in about 15 minutes.
+
+    python demo.py                     # Fashion-MNIST from $FASHION_MNIST_DIR or the Debian package (installed
+                                       # with apt-get when missing and run as root)
+    python demo.py --data DIR          # another copy of the four IDX files
+    python demo.py --smoke --data DIR  # seconds-long check of the whole pipeline (tests)
+
+Steps: carve subsets (IDX folders under <out>/data), draw example key / weak / strong views, pretrain CLSA with
+`main_clsa.py` (kNN monitor every epoch), evaluate the pretrained encoder and the same architecture at random
+initialisation (kNN and linear probe on the test split), plot the run and write results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+import torch
+
+from experiments import fmnist_data
+from experiments.demo_report import knn_by_epoch, print_table, view_grid, write_figures
+from experiments.pretrain_run import run_pretraining
+from experiments.probe import evaluate, load_encoder
+from experiments.recipe import Recipe
+from ops.errors import UsageError, exit_usage
+
+PROG = "demo.py"
+EVAL_RESERVE_S = 150  # time kept for the final evaluation when the budget guard stops pretraining
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default="", help=f"folder of the Fashion-MNIST IDX files (default: ${fmnist_data.ENV_VAR}"
+                                              " or the Debian package's folder)")
+    p.add_argument("--out", default="results/demo", help="results folder")
+    p.add_argument("--epochs", type=int, default=9, help="pretraining epochs over the subset")
+    p.add_argument("--subset", type=int, default=30000, help="training images for pretraining (0: all 60,000)")
+    p.add_argument("--bank", type=int, default=10000, help="train images for the kNN bank and the linear probe")
+    p.add_argument("--queries", type=int, default=0, help="test images evaluated at the end (0: all 10,000)")
+    p.add_argument("--monitor_queries", type=int, default=2000, help="test images of the per-epoch kNN monitor")
+    p.add_argument("--monitor_bank", type=int, default=5000, help="train images (of --bank) of the kNN monitor")
+    p.add_argument("--budget_min", type=float, default=15.0,
+                   help="wall-clock budget: pretraining is stopped (checkpointed) early to keep it")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true",
+                   help="discard an unfinished earlier run in <out> instead of resuming it (a finished run, or one "
+                        "made with other settings, is always replaced)")
+    p.add_argument("--no_install", action="store_true", help="never run apt-get")
+    p.add_argument("--smoke", action="store_true", help="tiny everything: checks the pipeline in seconds")
+    p.add_argument("--report", action="store_true", help="only reprint the table of <out>/results.json")
+    return p
+
+
+def recipe_for(args: argparse.Namespace) -> Recipe:
+    if args.smoke:
+        return Recipe(epochs=2, batch_size=16, moco_k=64, print_freq=1, seed=args.seed, workers=0, max_iters=4)
+    return Recipe(epochs=args.epochs, seed=args.seed)
+
+
+def check(args: argparse.Namespace) -> None:
+    for flag in ("epochs", "budget_min"):
+        if getattr(args, flag) <= 0:
+            raise UsageError(f"--{flag} must be > 0, got {getattr(args, flag)}")
+    for flag in ("subset", "bank", "queries", "monitor_queries", "monitor_bank"):
+        if getattr(args, flag) < 0:
+            raise UsageError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    if args.smoke:
+        args.subset, args.bank, args.queries, args.monitor_queries, args.monitor_bank = 64, 64, 40, 40, 64
+
+
+def prepare_data(args: argparse.Namespace, source: str) -> tuple[dict[str, str], bool]:
+    """Subset folders under <out>/data (pretrain, eval, monitor), rewritten only when the source or sizes changed.
+    Returns (folders, whether they were rewritten)."""
+    root = os.path.join(args.out, "data")
+    spec = {"source": os.path.abspath(source), "subset": args.subset, "bank": args.bank, "queries": args.queries,
+            "monitor_queries": args.monitor_queries, "monitor_bank": args.monitor_bank, "seed": args.seed}
+    spec_path = os.path.join(root, "subsets.json")
+    if os.path.isfile(spec_path):
+        with open(spec_path) as f:
+            if json.load(f) == spec:
+                return {role: os.path.join(root, role) for role in ("pretrain", "eval", "monitor")}, False
+    folders = fmnist_data.carve(source, root, args.subset, args.bank, args.queries, args.seed,
+                                monitor=args.monitor_queries or args.queries or 10000, monitor_bank=args.monitor_bank)
+    with open(spec_path, "w") as f:
+        json.dump(spec, f, indent=2)
+    return folders, True
+
+
+def main(argv: list[str] | None = None) -> int:
+    start = time.time()
+    args = build_parser().parse_args(argv)
+    try:
+        check(args)
+        if args.report:
+            return reprint(os.path.join(args.out, "results.json"))
+        source = fmnist_data.locate(args.data or None, install=not args.no_install)
+    except UsageError as err:
+        exit_usage(PROG, err)
+    os.makedirs(args.out, exist_ok=True)
+    run_dir = os.path.join(args.out, "run")
+    recipe = recipe_for(args)
+    print(f"{PROG}: Fashion-MNIST from {source}; results in {args.out}/", flush=True)
+    folders, new_data = prepare_data(args, source)
+    if os.path.isdir(run_dir) and (args.fresh or new_data or not resumable(run_dir, recipe)):
+        shutil.rmtree(run_dir)
+    grid = view_grid(folders["pretrain"], recipe, os.path.join(args.out, "views.png"), args.seed)
+    print(f"{PROG}: example views -> {grid}", flush=True)
+
+    argv_pre = recipe.argv(folders["pretrain"], run_dir, folders["monitor"])
+    print(f"{PROG}: pretraining: {' '.join(argv_pre[1:])}", flush=True)
+    deadline = start + args.budget_min * 60 - (0 if args.smoke else EVAL_RESERVE_S)
+    pre = run_pretraining(argv_pre, deadline)
+    ckpt = os.path.join(run_dir, "checkpoint_last.pth.tar")
+    if pre["returncode"] not in (0, 75) or not os.path.isfile(ckpt):
+        print(f"{PROG}: error: main_clsa.py exited with code {pre['returncode']}; see {run_dir}/train.log",
+              file=sys.stderr)
+        return 1
+
+    print(f"{PROG}: evaluating the pretrained and the random-init encoder (kNN + linear probe)", flush=True)
+    results = {}
+    for name, path in (("clsa", ckpt), ("random_init", None)):
+        encoder = load_encoder(recipe.arch, path, seed=args.seed)
+        results[name] = evaluate(encoder, folders["eval"], recipe.knn_size, recipe.knn_k, recipe.knn_t)
+        print(f"  {name}: kNN {results[name]['knn_top1']:.2f}  linear {results[name]['linear_top1']:.2f} "
+              f"({results[name]['seconds']:.0f}s)", flush=True)
+    monitor_random = evaluate_knn_only(recipe, folders["monitor"], args.seed)
+    epochs_done = int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"])
+    curves = write_figures(run_dir, args.out, monitor_random)
+    summary = {"encoders": results, "arch": recipe.arch, "epochs": recipe.epochs, "epochs_done": epochs_done,
+               "stopped_at_budget": pre["stopped_at_deadline"], "pretrain_images": args.subset or 60000,
+               "knn_monitor": {"by_epoch": knn_by_epoch(run_dir), "random_init": monitor_random,
+                               "queries": args.monitor_queries, "bank": args.monitor_bank or args.bank},
+               "pretrain_seconds": pre["seconds"], "wall_time_s": time.time() - start,
+               "recipe": {k: v for k, v in vars(recipe).items()}, "command": " ".join(argv_pre[1:]),
+               "figures": curves + [grid], "tensorboard": run_dir, "threads": torch.get_num_threads(),
+               "cpu_count": os.cpu_count(), "smoke": args.smoke}
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print_table(summary)
+    return 0
+
+
+def reprint(path: str) -> int:
+    if not os.path.isfile(path):
+        raise UsageError(f"--report: no {path}; run the demo first")
+    with open(path) as f:
+        print_table(json.load(f))
+    return 0
+
+
+def resumable(run_dir: str, recipe: Recipe) -> bool:
+    """True when `run_dir` holds an unfinished run of the same recipe (an interrupted demo continues there)."""
+    path = os.path.join(run_dir, "args.json")
+    ckpt = os.path.join(run_dir, "checkpoint_last.pth.tar")
+    if not (os.path.isfile(path) and os.path.isfile(ckpt)):
+        return False
+    with open(path) as f:
+        saved = json.load(f)
+    wanted = recipe.argv("", "")
+    same = all(str(saved.get(flag[2:])) == wanted[i + 1] for i, flag in enumerate(wanted)
+               if flag in ("--epochs", "--batch_size", "--lr", "--moco_k", "--moco_m", "--alpha", "--seed"))
+    return same and int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]) < recipe.epochs
+
+
+def evaluate_knn_only(recipe: Recipe, folder: str, seed: int) -> float:
+    """kNN top-1 of the random-init encoder on the monitor's bank and queries (the reference line of the plot)."""
+    from clsa.knn import KNNMonitor
+    monitor = KNNMonitor(folder, "FashionMNIST", recipe.knn_size, recipe.knn_k, recipe.knn_t, log=lambda _: None)
+    return monitor.evaluate(load_encoder(recipe.arch, None, seed=seed))["top1"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Small-scale reproduction of the paper's claim on Fashion-MNIST: CLSA vs MoCo v2 vs random initialisation.
+
+    nohup python experiments/reproduce.py > results/reproduce/reproduce.log 2>&1 &
+
+Arms, at equal epochs, batch and training subset (flags of main_clsa.py, see experiments/recipe.py):
+- `moco_v2`: the same code with --alpha 0 (no strong views are computed), key + one weak 32-px view;
+- `clsa_single`: + one strong 16-px view (DDM, alpha 1): the paper's single-crop setting scaled to 28-px images;
+- `clsa_multi`: 5 weak + 5 strong views at 32/28/24/20/16 px (the paper's 224/192/160/128/96 multi-crop);
+- `random_init`: the same resnet18 untrained (several seeds; evaluation only).
+Each encoder is evaluated on the Fashion-MNIST test split by weighted kNN and a linear probe on frozen features
+(experiments/probe.py). Resumable: an arm whose result file exists is skipped; an interrupted pretraining resumes
+from its checkpoint. A wall-clock budget stops a pretraining early (recorded as partial) to keep the deadline.
+Results: results/reproduce/<arm>/result.json, results/reproduce/results.json and table.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments import fmnist_data  # noqa: E402
+from experiments.pretrain_run import REPO, run_pretraining  # noqa: E402
+from experiments.probe import evaluate, load_encoder  # noqa: E402
+from experiments.recipe import MULTI_CROP, SINGLE_CROP, Recipe  # noqa: E402
+from experiments.reproduce_table import summarise, write_table  # noqa: E402
+from ops.errors import UsageError, exit_usage  # noqa: E402
+
+PROG = "experiments/reproduce.py"
+EVAL_RESERVE_S = 90  # kept per remaining evaluation when the budget guard stops a pretraining
+
+
+def arms(epochs: int, seeds: list[int], random_seeds: list[int]) -> list[tuple[str, Recipe | None, int]]:
+    """(name, recipe or None for random init, seed) in the order they run: the first random init, then MoCo v2
+    and CLSA single-crop (the paper's main comparison), CLSA multi-crop (4-5x the cost per epoch), the other
+    random inits, and further pretraining seeds."""
+    out: list[tuple[str, Recipe | None, int]] = [("random_init", None, random_seeds[0])]
+    for i, seed in enumerate(seeds):
+        out += [("moco_v2", Recipe(epochs=epochs, alpha=0.0, seed=seed, crops=dict(SINGLE_CROP)), seed),
+                ("clsa_single", Recipe(epochs=epochs, alpha=1.0, seed=seed, crops=dict(SINGLE_CROP)), seed)]
+        if i == 0:
+            out.append(("clsa_multi", Recipe(epochs=epochs, alpha=1.0, seed=seed, crops=dict(MULTI_CROP)), seed))
+            out += [("random_init", None, s) for s in random_seeds[1:]]
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="CLSA vs MoCo v2 vs random init on Fashion-MNIST.")
+    p.add_argument("--data", default="", help=f"Fashion-MNIST folder (default: ${fmnist_data.ENV_VAR} or the "
+                                              "Debian package's folder)")
+    p.add_argument("--out", default="results/reproduce")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--subset", type=int, default=10000, help="training images used for pretraining")
+    p.add_argument("--bank", type=int, default=5000, help="train images: kNN bank and linear-probe training set")
+    p.add_argument("--monitor_queries", type=int, default=1000, help="test images of the per-epoch kNN monitor")
+    p.add_argument("--monitor_bank", type=int, default=2000, help="train images of the per-epoch kNN monitor")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="pretraining seeds (MoCo v2 and CLSA single)")
+    p.add_argument("--random_seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--budget_min", type=float, default=75.0, help="wall-clock budget of the whole experiment")
+    return p
+
+
+def run_arm(name: str, recipe: Recipe | None, seed: int, folders: dict[str, str], out: str, deadline: float,
+            left: int) -> dict:
+    arm_dir = os.path.join(out, f"{name}_s{seed}")
+    os.makedirs(arm_dir, exist_ok=True)
+    result: dict = {"arm": name, "seed": seed}
+    ckpt = None
+    if recipe is not None:
+        run_dir = os.path.join(arm_dir, "run")
+        argv = recipe.argv(folders["pretrain"], run_dir, folders["monitor"])
+        result["command"] = " ".join(argv[1:])
+        print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: {result['command']}", flush=True)
+        with open(os.path.join(arm_dir, "pretrain.log"), "a") as log:
+            pre = run_pretraining(argv, deadline - left * EVAL_RESERVE_S, stdout=log)
+        ckpt = os.path.join(run_dir, "checkpoint_last.pth.tar")
+        if pre["returncode"] not in (0, 75) or not os.path.isfile(ckpt):
+            raise RuntimeError(f"{name}: main_clsa.py exited with {pre['returncode']}; see {arm_dir}/pretrain.log")
+        import torch
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        from experiments.demo_report import knn_by_epoch
+        result.update(epochs=recipe.epochs, epochs_done=int(state["epoch"]), iteration=int(state.get("iteration", 0)),
+                      partial=bool(pre["stopped_at_deadline"]), pretrain_seconds=pre["seconds"],
+                      knn_monitor=knn_by_epoch(run_dir), recipe=vars(recipe))
+    encoder = load_encoder("resnet18", ckpt, seed=seed)
+    result.update(evaluate(encoder, folders["eval"], 32))
+    print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: kNN {result['knn_top1']:.2f} linear "
+          f"{result['linear_top1']:.2f}", flush=True)
+    with open(os.path.join(arm_dir, "result.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def monitor_random_init(folder: str, out: str) -> float:
+    """kNN top-1 of the seed-0 random-init resnet18 on the monitor set (cached in <out>/monitor_random_init.json)."""
+    path = os.path.join(out, "monitor_random_init.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)["top1"]
+    from clsa.knn import KNNMonitor
+    res = KNNMonitor(folder, "FashionMNIST", 32, 200, 0.1, log=lambda _: None).evaluate(load_encoder("resnet18", None))
+    with open(path, "w") as f:
+        json.dump(res, f)
+    return res["top1"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    start = time.time()
+    args = build_parser().parse_args(argv)
+    try:
+        if args.epochs < 1 or args.subset < 0 or args.budget_min <= 0:
+            raise UsageError("--epochs must be >= 1, --subset >= 0 and --budget_min > 0")
+        source = fmnist_data.locate(args.data or None, install=False)
+    except UsageError as err:
+        exit_usage(PROG, err)
+    os.chdir(REPO)
+    os.makedirs(args.out, exist_ok=True)
+    deadline = start + args.budget_min * 60
+    root = os.path.join(args.out, "data")
+    if not os.path.isfile(os.path.join(root, "monitor", "t10k-labels-idx1-ubyte.gz")):
+        fmnist_data.carve(source, root, args.subset, args.bank, 0, seed=0, monitor=args.monitor_queries,
+                          monitor_bank=args.monitor_bank)
+    folders = {r: os.path.join(root, r) for r in ("pretrain", "eval", "monitor")}
+    plan = arms(args.epochs, args.seeds, args.random_seeds)
+    print(f"[{time.strftime('%H:%M:%S')}] {len(plan)} runs, {args.epochs} epochs on {args.subset} images, budget "
+          f"{args.budget_min:.0f} min, results in {args.out}", flush=True)
+    for i, (name, recipe, seed) in enumerate(plan):
+        done = os.path.join(args.out, f"{name}_s{seed}", "result.json")
+        if os.path.isfile(done):
+            print(f"{name} seed {seed}: done ({done})", flush=True)
+            continue
+        if recipe is not None and time.time() > deadline - EVAL_RESERVE_S:
+            print(f"{name} seed {seed}: skipped, the budget is spent", flush=True)
+            continue
+        run_arm(name, recipe, seed, folders, args.out, deadline, len(plan) - i)
+    meta = {"epochs": args.epochs, "subset": args.subset, "bank": args.bank, "queries": 10000,
+            "monitor": {"bank": args.monitor_bank, "queries": args.monitor_queries,
+                        "random_init": monitor_random_init(folders["monitor"], args.out)},
+            "wall_time_s_this_invocation": time.time() - start, "cpu_count": os.cpu_count()}
+    summary = summarise(args.out, meta)
+    write_table(summary, os.path.join(args.out, "table.md"))
+    print(open(os.path.join(args.out, "table.md")).read(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Collect the reproduction's per-run result files into one summary and a Markdown table."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import statistics
+
+ORDER = ("random_init", "moco_v2", "clsa_single", "clsa_multi")
+LABELS = {"random_init": "random init (no pretraining)", "moco_v2": "MoCo v2 (`--alpha 0`)",
+          "clsa_single": "CLSA single-crop (32 + 16 px)", "clsa_multi": "CLSA multi-crop (32/28/24/20/16 px)"}
+
+
+def _stat(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "n": len(values), "values": values}
+
+
+def summarise(out: str, meta: dict) -> dict:
+    """{arm: {knn, linear (mean/std/n/values), seeds, epochs_done, partial, pretrain_minutes}} plus `meta`."""
+    runs: dict[str, list[dict]] = {}
+    for path in sorted(glob.glob(os.path.join(out, "*_s*", "result.json"))):
+        with open(path) as f:
+            r = json.load(f)
+        runs.setdefault(r["arm"], []).append(r)
+    arms = {}
+    for name in ORDER:
+        rs = runs.get(name, [])
+        if not rs:
+            continue
+        arms[name] = {"knn": _stat([r["knn_top1"] for r in rs]), "linear": _stat([r["linear_top1"] for r in rs]),
+                      "seeds": [r["seed"] for r in rs], "epochs_done": [r.get("epochs_done") for r in rs],
+                      "partial": any(r.get("partial") for r in rs),
+                      "pretrain_minutes": [round(r.get("pretrain_seconds", 0) / 60, 1) for r in rs],
+                      "knn_monitor": [r.get("knn_monitor", []) for r in rs],
+                      "commands": [r.get("command", "") for r in rs]}
+    summary = {"arms": arms, **meta}
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def _fmt(stat: dict) -> str:
+    if stat["std"] is None:
+        return f"{stat['mean']:.2f}"
+    return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+
+
+def write_table(summary: dict, path: str) -> str:
+    """Markdown table: one row per arm, mean ± sample std over seeds (n given), epochs and pretraining minutes."""
+    lines = ["| encoder | kNN top-1 (%) | linear top-1 (%) | seeds | epochs done | pretraining (min) |",
+             "|---|---|---|---|---|---|"]
+    for name, a in summary["arms"].items():
+        epochs = ", ".join("-" if e is None else str(e) for e in a["epochs_done"])
+        minutes = ", ".join(str(m) for m in a["pretrain_minutes"]) if name != "random_init" else "-"
+        flag = " (stopped early)" if a["partial"] else ""
+        lines.append(f"| {LABELS[name]}{flag} | {_fmt(a['knn'])} | {_fmt(a['linear'])} | {a['knn']['n']} | "
+                     f"{epochs} | {minutes} |")
+    curves = {n: a["knn_monitor"][0] for n, a in summary["arms"].items() if a["knn_monitor"] and a["knn_monitor"][0]}
+    if curves:
+        epochs = max(len(c) for c in curves.values())
+        lines += ["", "kNN monitor after each epoch (first seed; bank and queries of the monitor set):", "",
+                  "| encoder | " + " | ".join(f"epoch {e + 1}" for e in range(epochs)) + " |",
+                  "|---|" + "---|" * epochs]
+        for name, curve in curves.items():
+            cells = [f"{c['top1']:.1f}" for c in curve] + ["-"] * (epochs - len(curve))
+            lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+        ref = summary.get("monitor", {}).get("random_init")
+        if ref is not None:
+            lines.append(f"| {LABELS['random_init']} | " + " | ".join([f"{ref:.1f}"] * epochs) + " |")
+    text = "\n".join(lines) + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+    return text
