@@ -52,7 +52,8 @@ def clsa_step_loss(model: nn.Module, views: list[torch.Tensor], num_weak: int, o
     key, weak, strong = split_views(views, num_weak)
     with autocast(key.device, amp):
         out = model(key, weak, strong)
-    queue = unwrap(model).queue.clone().detach()
+    # No copy: the queue is only overwritten (dequeue_and_enqueue) after backward has used it.
+    queue = unwrap(model).queue.detach()
     loss, stats = clsa_loss(out.weak, out.strong, out.keys, queue, offset, args.moco_t, args.clsa_t, args.alpha)
     if not args.sym:
         return loss, stats, out.keys
