@@ -240,10 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         check_lincls_args(args)
     except UsageError as err:
         exit_usage(PROG, err)
-    start = time.time()
     launch(main_worker, args, PROG)
-    if os.environ.get("RANK", "0") == "0":
-        print(f"{PROG}: finished in {format_duration(time.time() - start)}", flush=True)
 
 
 if __name__ == "__main__":

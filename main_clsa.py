@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -209,10 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         check_batch(args.batch_size, nproc, world, args.moco_k, None)
     except UsageError as err:
         exit_usage(PROG, err)
-    start = time.time()
     launch(main_worker, args, PROG)
-    if os.environ.get("RANK", "0") == "0":
-        print(f"{PROG}: finished in {format_duration(time.time() - start)}", flush=True)
 
 
 if __name__ == "__main__":

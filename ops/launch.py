@@ -11,6 +11,7 @@ import datetime
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import torch.multiprocessing as mp
 
 from ops.environment import cpu_threads_per_process, raise_file_limit, use_cuda
 from ops.errors import UsageError, exit_usage
+from ops.logging import format_duration
 
 
 @dataclass
@@ -129,7 +131,15 @@ def plan(args: argparse.Namespace) -> tuple[int, int, int, bool]:
 
 
 def launch(worker: Worker, args: argparse.Namespace, prog: str) -> None:
-    """Run `worker(ctx, args)` in every training process of this node; exit 2 on a UsageError."""
+    """Run `worker(ctx, args)` in every training process of this node; exit 2 on a UsageError. Global rank 0 (or
+    the launching process) then prints `<prog>: finished in H:MM:SS`."""
+    start = time.time()
+    _launch(worker, args, prog)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{prog}: finished in {format_duration(time.time() - start)}", flush=True)
+
+
+def _launch(worker: Worker, args: argparse.Namespace, prog: str) -> None:
     raise_file_limit()
     try:
         nproc, node_rank, world, cuda = plan(args)
