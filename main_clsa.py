@@ -163,6 +163,7 @@ def train(model, optimizer, loader, transform, args, ctx, logger, run_dir, pos, 
             raise SystemExit(stop.exit_code)
         acc1 = _global_mean(summary["acc1"], ctx)
         is_best, best_acc = acc1 > best_acc, max(acc1, best_acc)
+        lr = optimizer.param_groups[0]["lr"]  # the last iteration's (per-iteration with --cos 3 / --warmup_iters)
         msg = (f"epoch {epoch} done in {format_duration(summary['seconds'])}: lr {lr:.4g} loss {summary['loss']:.4f} "
                f"(InfoNCE {summary['infonce']:.4f}, DDM {summary['ddm']:.4f}) Acc@1 {acc1:.2f} "
                f"{summary['img_per_s']:.1f} img/s")

@@ -18,13 +18,25 @@ from ops.launch import DistContext
 from ops.logging import AverageMeter, RunLogger, format_duration, progress_line
 
 
-def learning_rate(base_lr: float, epoch: int, epochs: int, cos: int) -> float:
-    """--cos 1: lr (1 + cos(pi e / E)) / 2; --cos 2: lr cos(pi e / (2E)); anything else: constant."""
+def learning_rate(base_lr: float, epoch: float, epochs: int, cos: int, step: int = 0, warmup_iters: int = 0
+                  ) -> float:
+    """The learning rate at (fractional) epoch e = epoch + i/I of E, global iteration `step`.
+
+    --cos 1: lr (1 + cos(pi floor(e) / E)) / 2 and --cos 2: lr cos(pi floor(e) / (2E)), both set once per epoch as
+    in 2021; --cos 3: lr (1 + cos(pi e / E)) / 2 per iteration; anything else: constant. With warmup_iters W > 0
+    the value is scaled by (step + 1) / W during the first W iterations (linear warmup).
+    """
     if cos == 1:
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-    if cos == 2:
-        return base_lr * math.cos(math.pi * epoch / (2 * epochs))
-    return base_lr
+        lr = base_lr * 0.5 * (1.0 + math.cos(math.pi * math.floor(epoch) / epochs))
+    elif cos == 2:
+        lr = base_lr * math.cos(math.pi * math.floor(epoch) / (2 * epochs))
+    elif cos == 3:
+        lr = base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    else:
+        lr = base_lr
+    if warmup_iters > 0 and step < warmup_iters:
+        lr *= (step + 1) / warmup_iters
+    return lr
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -93,6 +105,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             logger.info(f"warning: skipped unreadable image {name}")
         views = [v.to(ctx.device, non_blocking=True) for v in views]
         n = views[0].shape[0]
+        if args.cos == 3 or args.warmup_iters:
+            set_learning_rate(optimizer, learning_rate(args.lr, epoch + i / steps_per_epoch, args.epochs, args.cos,
+                                                       epoch * steps_per_epoch + i, args.warmup_iters))
         loss, stats, keys = clsa_step_loss(model, views, num_weak, ctx.rank * n, args, args.amp)
         stop_now, finite = agree(stop is not None and stop.signum is not None, bool(torch.isfinite(loss)),
                                  ctx.device)

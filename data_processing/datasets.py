@@ -73,7 +73,14 @@ class FashionMNIST(Dataset):
 
 
 def build_dataset(name: str, root: str, split: str, transform: Callable | None) -> Dataset:
-    """'FashionMNIST' reads IDX files in `root`; anything else is ImageFolder(<root>/<split>)."""
+    """'FashionMNIST' reads IDX files in `root`; anything else is ImageFolder(<root>/<split>).
+
+    For Fashion-MNIST an empty `root`, or the default --data 'data' without IDX files in it, means the Debian
+    package's folder."""
     if name.lower() == "fashionmnist":
-        return FashionMNIST(root if root not in ("", "data") else FASHION_MNIST_DIR, split, transform)
+        has_idx = bool(root) and any(os.path.isfile(os.path.join(root, "train-images-idx3-ubyte" + ext))
+                                     for ext in (".gz", ""))
+        if not root or (root == "data" and not has_idx):
+            root = FASHION_MNIST_DIR
+        return FashionMNIST(root, split, transform)
     return ImageFolder(os.path.join(root, split), transform=transform)

@@ -40,12 +40,16 @@ class Recipe:
     knn_t: float = 0.1
     knn_size: int = 32
     max_iters: int = 0
+    cos: int = 1
+    warmup_iters: int = 0
+    amp: bool = False
 
     def argv(self, data: str, run_dir: str, knn_data: str = "") -> list[str]:
         """`python main_clsa.py` argv for one process on this machine, resuming in `run_dir` when it can."""
         out = [sys.executable, "main_clsa.py", "--dataset", "FashionMNIST", "--data", data, "--run_dir", run_dir,
                "--resume", "auto", "--arch", self.arch, "--epochs", str(self.epochs), "--batch_size",
-               str(self.batch_size), "--lr", str(self.lr), "--cos", "1", "--moco_k", str(self.moco_k),
+               str(self.batch_size), "--lr", str(self.lr), "--cos", str(self.cos),
+               "--warmup_iters", str(self.warmup_iters), "--moco_k", str(self.moco_k),
                "--moco_m", str(self.moco_m), "--moco_t", str(self.moco_t), "--clsa_t", str(self.clsa_t),
                "--alpha", str(self.alpha), "--aug_times", str(self.aug_times), "--workers", str(self.workers),
                "--seed", str(self.seed), "--print_freq", str(self.print_freq), "--save_freq", "1000",
@@ -55,6 +59,8 @@ class Recipe:
         if knn_data:
             out += ["--knn_data", knn_data, "--knn_k", str(self.knn_k), "--knn_t", str(self.knn_t),
                     "--knn_size", str(self.knn_size)]
+        if self.amp:
+            out += ["--amp"]
         if self.max_iters:
             out += ["--max_iters", str(self.max_iters)]
         return out

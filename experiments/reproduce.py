@@ -35,16 +35,21 @@ PROG = "experiments/reproduce.py"
 EVAL_RESERVE_S = 90  # kept per remaining evaluation when the budget guard stops a pretraining
 
 
-def arms(epochs: int, seeds: list[int], random_seeds: list[int]) -> list[tuple[str, Recipe | None, int]]:
+def arms(epochs: int, seeds: list[int], random_seeds: list[int], schedule: dict | None = None,
+         lr_multi: float | None = None) -> list[tuple[str, Recipe | None, int]]:
     """(name, recipe or None for random init, seed) in the order they run: the first random init, then MoCo v2
-    and CLSA single-crop (the paper's main comparison), CLSA multi-crop (4-5x the cost per epoch), the other
-    random inits, and further pretraining seeds."""
+    and CLSA single-crop (the paper's main comparison), CLSA multi-crop (3-4x the cost per epoch), the other
+    random inits, and further pretraining seeds. `schedule`: Recipe fields shared by all arms (lr, cos,
+    warmup_iters); `lr_multi`: the multi-crop arm's lr (its loss sums 5 InfoNCE + 25 DDM terms, not 1 + 1)."""
+    sched = dict(schedule or {})
+    multi = dict(sched, lr=lr_multi) if lr_multi else sched
     out: list[tuple[str, Recipe | None, int]] = [("random_init", None, random_seeds[0])]
     for i, seed in enumerate(seeds):
-        out += [("moco_v2", Recipe(epochs=epochs, alpha=0.0, seed=seed, crops=dict(SINGLE_CROP)), seed),
-                ("clsa_single", Recipe(epochs=epochs, alpha=1.0, seed=seed, crops=dict(SINGLE_CROP)), seed)]
+        out += [("moco_v2", Recipe(epochs=epochs, alpha=0.0, seed=seed, crops=dict(SINGLE_CROP), **sched), seed),
+                ("clsa_single", Recipe(epochs=epochs, alpha=1.0, seed=seed, crops=dict(SINGLE_CROP), **sched), seed)]
         if i == 0:
-            out.append(("clsa_multi", Recipe(epochs=epochs, alpha=1.0, seed=seed, crops=dict(MULTI_CROP)), seed))
+            out.append(("clsa_multi", Recipe(epochs=epochs, alpha=1.0, seed=seed, crops=dict(MULTI_CROP), **multi),
+                        seed))
             out += [("random_init", None, s) for s in random_seeds[1:]]
     return out
 
@@ -55,13 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
                                               "Debian package's folder)")
     p.add_argument("--out", default="results/reproduce")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--subset", type=int, default=10000, help="training images used for pretraining")
-    p.add_argument("--bank", type=int, default=5000, help="train images: kNN bank and linear-probe training set")
+    p.add_argument("--subset", type=int, default=0, help="training images used for pretraining (0: all 60k)")
+    p.add_argument("--bank", type=int, default=10000, help="train images: kNN bank and linear-probe training set")
     p.add_argument("--monitor_queries", type=int, default=1000, help="test images of the per-epoch kNN monitor")
     p.add_argument("--monitor_bank", type=int, default=2000, help="train images of the per-epoch kNN monitor")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="pretraining seeds (MoCo v2 and CLSA single)")
     p.add_argument("--random_seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--budget_min", type=float, default=75.0, help="wall-clock budget of the whole experiment")
+    p.add_argument("--lr", type=float, default=0.1, help="pretraining lr (MoCo v2, CLSA single-crop)")
+    p.add_argument("--lr_multi", type=float, default=0.02, help="pretraining lr of CLSA multi-crop")
+    p.add_argument("--cos", type=int, default=3, help="main_clsa.py --cos (3: cosine per iteration)")
+    p.add_argument("--warmup_iters", type=int, default=100, help="main_clsa.py --warmup_iters")
+    p.add_argument("--budget_min", type=float, default=95.0, help="wall-clock budget of the whole experiment")
     return p
 
 
@@ -126,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         fmnist_data.carve(source, root, args.subset, args.bank, 0, seed=0, monitor=args.monitor_queries,
                           monitor_bank=args.monitor_bank)
     folders = {r: os.path.join(root, r) for r in ("pretrain", "eval", "monitor")}
-    plan = arms(args.epochs, args.seeds, args.random_seeds)
-    print(f"[{time.strftime('%H:%M:%S')}] {len(plan)} runs, {args.epochs} epochs on {args.subset} images, budget "
+    plan = arms(args.epochs, args.seeds, args.random_seeds,
+                {"lr": args.lr, "cos": args.cos, "warmup_iters": args.warmup_iters}, args.lr_multi)
+    print(f"[{time.strftime('%H:%M:%S')}] {len(plan)} runs, {args.epochs} epochs on {args.subset or 'all'} train "
+          "images, budget "
           f"{args.budget_min:.0f} min, results in {args.out}", flush=True)
     for i, (name, recipe, seed) in enumerate(plan):
         done = os.path.join(args.out, f"{name}_s{seed}", "result.json")
@@ -138,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} seed {seed}: skipped, the budget is spent", flush=True)
             continue
         run_arm(name, recipe, seed, folders, args.out, deadline, len(plan) - i)
-    meta = {"epochs": args.epochs, "subset": args.subset, "bank": args.bank, "queries": 10000,
+    meta = {"epochs": args.epochs, "lr": args.lr, "lr_multi": args.lr_multi, "cos": args.cos,
+            "warmup_iters": args.warmup_iters, "subset": args.subset, "bank": args.bank, "queries": 10000,
             "monitor": {"bank": args.monitor_bank, "queries": args.monitor_queries,
                         "random_init": monitor_random_init(folders["monitor"], args.out)},
             "wall_time_s_this_invocation": time.time() - start, "cpu_count": os.cpu_count()}

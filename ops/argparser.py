@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--weight_decay", type=float, default=1e-4, help="SGD weight decay (all parameters)")
     g.add_argument("--cos", type=int, default=1,
-                   help="LR schedule per epoch e: 1 = lr*(1+cos(pi e/E))/2, 2 = lr*cos(pi e/(2E)), other = constant")
+                   help="LR schedule: 1 = lr*(1+cos(pi e/E))/2 and 2 = lr*cos(pi e/(2E)) per epoch e (2021); "
+                        "3 = lr*(1+cos(pi e/E))/2 per iteration (fractional e); other = constant")
+    g.add_argument("--warmup_iters", type=int, default=0,
+                   help="linear learning-rate warmup over the first N iterations (0: none, as in 2021)")
     g.add_argument("--print_freq", type=int, default=10, help="print and log every N iterations")
     g.add_argument("--resume", type=str, default="",
                    help="checkpoint to continue from (its run directory is reused), or 'auto': the newest checkpoint "

@@ -59,11 +59,13 @@ def _bad_cases(data, tmp):
         "missing resume": (base + ["--resume", os.path.join(tmp, "nope.pth.tar")], "no such checkpoint file"),
         "unknown arch": (base + ["--arch", "resnet7"], "--arch 'resnet7' is not supported"),
         "too few images": (base + ["--batch_size", "32", "--moco_k", "64"], "fewer than the global batch 32"),
+        "negative warmup": (base + ["--warmup_iters", "-5"], "--warmup_iters must be >= 0, got -5"),
     }
 
 
 @pytest.mark.parametrize("case", ["unequal crop lists", "pick out of range", "moco_k not multiple", "batch < procs",
-                                  "no train folder", "no images", "missing resume", "unknown arch", "too few images"])
+                                  "no train folder", "no images", "missing resume", "unknown arch", "too few images",
+                                  "negative warmup"])
 def test_bad_input_one_line_exit_2(case, image_folder, tmp_path, capsys):
     argv, expected = _bad_cases(image_folder, str(tmp_path))[case]
     with pytest.raises(SystemExit) as e:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from fmnist_support import idx_bytes, write_tiny_fmnist
 
+from data_processing import datasets
 from data_processing.datasets import FashionMNIST, build_dataset, read_idx
 from experiments import fmnist_data
 from ops.errors import UsageError
@@ -95,3 +96,15 @@ def test_locate_without_any_copy_says_how_to_get_it(tmp_path, monkeypatch):
     msg = str(err.value)
     assert "\n" not in msg and "apt-get install dataset-fashion-mnist" in msg and fmnist_data.ENV_VAR in msg
     assert os.path.basename(str(tmp_path / "nowhere")) in msg
+
+
+def test_default_data_folder_is_used_when_it_holds_the_files(tmp_path, monkeypatch):
+    """--data data (the default) reads ./data when it has the IDX files, else the Debian package's folder."""
+    monkeypatch.chdir(tmp_path)
+    write_tiny_fmnist(str(tmp_path / "data"), n_train=30, n_test=10)
+    assert len(build_dataset("FashionMNIST", "data", "train", None)) == 30
+    empty = tmp_path / "elsewhere"
+    (empty / "data").mkdir(parents=True)
+    monkeypatch.chdir(empty)
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", str(tmp_path / "data"))
+    assert len(build_dataset("FashionMNIST", "data", "val", None)) == 10
