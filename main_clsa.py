@@ -39,7 +39,7 @@ from data_processing.transforms import MultiViewTransform, expand_crops
 from ops.argparser import parse_args
 from ops.environment import keep_freed_memory, loader_worker_init, seed_everything
 from ops.errors import UsageError, exit_usage
-from ops.launch import DistContext, launch, plan
+from ops.launch import DistContext, launch
 from ops.logging import RunLogger, format_duration, timestamp, unique_run_dir
 from ops.validate import check_batch, check_pretrain_args
 
@@ -106,7 +106,7 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
     if ctx.device.type == "cpu":
         keep_freed_memory()
     seed_everything(args.seed, ctx.rank, deterministic=args.seed is not None)
-    batch = check_batch(args.batch_size, ctx.local_world_size, ctx.world_size, args.moco_k, None)
+    batch = args.batch_size // ctx.local_world_size  # checked in main() (launch's check)
     crops = expand_crops(args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops)
     pick_strong = args.pick_strong if args.alpha != 0 else []  # alpha 0: MoCo v2, no strong views computed
     transform = MultiViewTransform(crops, args.pick_weak, pick_strong, args.aug_times)
@@ -205,11 +205,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         check_pretrain_args(args)
-        nproc, _, world, _ = plan(args)
-        check_batch(args.batch_size, nproc, world, args.moco_k, None)
     except UsageError as err:
         exit_usage(PROG, err)
-    launch(main_worker, args, PROG)
+    launch(main_worker, args, PROG,
+           check=lambda nproc, world: check_batch(args.batch_size, nproc, world, args.moco_k, None))
 
 
 if __name__ == "__main__":

@@ -130,19 +130,23 @@ def plan(args: argparse.Namespace) -> tuple[int, int, int, bool]:
     return nproc, node_rank, nodes * nproc, cuda
 
 
-def launch(worker: Worker, args: argparse.Namespace, prog: str) -> None:
-    """Run `worker(ctx, args)` in every training process of this node; exit 2 on a UsageError. Global rank 0 (or
-    the launching process) then prints `<prog>: finished in H:MM:SS`."""
+def launch(worker: Worker, args: argparse.Namespace, prog: str,
+           check: Callable[[int, int], None] | None = None) -> None:
+    """Run `worker(ctx, args)` in every training process of this node; exit 2 on a UsageError, also one raised by
+    `check(processes_per_node, world_size)` before anything starts. Global rank 0 (or the launching process) then
+    prints `<prog>: finished in H:MM:SS`."""
     start = time.time()
-    _launch(worker, args, prog)
+    _launch(worker, args, prog, check)
     if os.environ.get("RANK", "0") == "0":
         print(f"{prog}: finished in {format_duration(time.time() - start)}", flush=True)
 
 
-def _launch(worker: Worker, args: argparse.Namespace, prog: str) -> None:
+def _launch(worker: Worker, args: argparse.Namespace, prog: str, check: Callable[[int, int], None] | None) -> None:
     raise_file_limit()
     try:
         nproc, node_rank, world, cuda = plan(args)
+        if check is not None:
+            check(nproc, world)
     except UsageError as err:
         exit_usage(prog, err)
     if _torchrun_env() and args.dist_url == "env://":
