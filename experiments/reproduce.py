@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="", help=f"Fashion-MNIST folder (default: ${fmnist_data.ENV_VAR} or the "
                                               "Debian package's folder)")
     p.add_argument("--out", default="results/reproduce")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=7)
     p.add_argument("--subset", type=int, default=0, help="training images used for pretraining (0: all 60k)")
     p.add_argument("--bank", type=int, default=10000, help="train images: kNN bank and linear-probe training set")
     p.add_argument("--monitor_queries", type=int, default=1000, help="test images of the per-epoch kNN monitor")
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr_multi", type=float, default=0.02, help="pretraining lr of CLSA multi-crop")
     p.add_argument("--cos", type=int, default=3, help="main_clsa.py --cos (3: cosine per iteration)")
     p.add_argument("--warmup_iters", type=int, default=100, help="main_clsa.py --warmup_iters")
-    p.add_argument("--budget_min", type=float, default=95.0, help="wall-clock budget of the whole experiment")
+    p.add_argument("--budget_min", type=float, default=125.0, help="wall-clock budget of the whole experiment")
     return p
 
 

@@ -1,0 +1,39 @@
+"""experiments/reproduce.py: the arms it runs and the main_clsa.py flags each one gets (no training here)."""
+
+from __future__ import annotations
+
+from experiments.reproduce import arms, build_parser
+
+
+def _flag(argv: list[str], name: str) -> list[str]:
+    i = argv.index(name)
+    out = []
+    for value in argv[i + 1:]:
+        if value.startswith("--"):
+            break
+        out.append(value)
+    return out
+
+
+def test_arms_order_and_flags():
+    plan = arms(7, [0, 1], [0, 1, 2], {"lr": 0.1, "cos": 3, "warmup_iters": 100}, lr_multi=0.02)
+    assert [(name, seed) for name, _, seed in plan] == [
+        ("random_init", 0), ("moco_v2", 0), ("clsa_single", 0), ("clsa_multi", 0), ("random_init", 1),
+        ("random_init", 2), ("moco_v2", 1), ("clsa_single", 1)]
+    recipes = {(name, seed): r for name, r, seed in plan}
+    assert recipes[("random_init", 0)] is None
+    for (name, seed), r in recipes.items():
+        if r is None:
+            continue
+        argv = r.argv("DATA", "RUN")
+        assert _flag(argv, "--epochs") == ["7"] and _flag(argv, "--seed") == [str(seed)]
+        assert _flag(argv, "--cos") == ["3"] and _flag(argv, "--warmup_iters") == ["100"]
+        assert _flag(argv, "--lr") == (["0.02"] if name == "clsa_multi" else ["0.1"])
+        assert _flag(argv, "--alpha") == (["0.0"] if name == "moco_v2" else ["1.0"])
+        crops = _flag(argv, "--size_crops")
+        assert crops == (["32", "28", "24", "20", "16"] if name == "clsa_multi" else ["32", "16"])
+
+
+def test_parser_defaults_are_the_documented_run():
+    args = build_parser().parse_args([])
+    assert (args.epochs, args.subset, args.lr, args.lr_multi, args.cos, args.warmup_iters) == (7, 0, 0.1, 0.02, 3, 100)
