@@ -31,7 +31,7 @@ from clsa.checkpoint import (
     set_rng_state,
 )
 from clsa.distributed import all_reduce_sum, barrier, broadcast_object, gather_objects
-from clsa.engine import NonFiniteLoss, learning_rate, set_learning_rate, train_one_epoch
+from clsa.engine import NonFiniteLoss, train_one_epoch
 from clsa.faults import EXIT_NONFINITE, StopRequest, agree
 from data_processing.datasets import build_dataset
 from data_processing.robust import EpochSampler, RobustViews
@@ -144,8 +144,6 @@ def train(model, optimizer, loader, transform, args, ctx, logger, run_dir, pos, 
     for epoch in range(pos["epoch"], args.epochs):
         loader.sampler.set_epoch(epoch)
         loader.sampler.start_batch = start_iter
-        lr = learning_rate(args.lr, epoch, args.epochs, args.cos)
-        set_learning_rate(optimizer, lr)
         try:
             summary = train_one_epoch(model, loader, optimizer, None, epoch, ctx, args, logger, transform.num_weak,
                                       loader.sampler.batches_per_epoch(), start_iter, stop)
@@ -163,7 +161,7 @@ def train(model, optimizer, loader, transform, args, ctx, logger, run_dir, pos, 
             raise SystemExit(stop.exit_code)
         acc1 = _global_mean(summary["acc1"], ctx)
         is_best, best_acc = acc1 > best_acc, max(acc1, best_acc)
-        lr = optimizer.param_groups[0]["lr"]  # the last iteration's (per-iteration with --cos 3 / --warmup_iters)
+        lr = optimizer.param_groups[0]["lr"]  # the last iteration's
         msg = (f"epoch {epoch} done in {format_duration(summary['seconds'])}: lr {lr:.4g} loss {summary['loss']:.4f} "
                f"(InfoNCE {summary['infonce']:.4f}, DDM {summary['ddm']:.4f}) Acc@1 {acc1:.2f} "
                f"{summary['img_per_s']:.1f} img/s")

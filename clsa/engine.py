@@ -105,9 +105,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             logger.info(f"warning: skipped unreadable image {name}")
         views = [v.to(ctx.device, non_blocking=True) for v in views]
         n = views[0].shape[0]
-        if args.cos == 3 or args.warmup_iters:
-            set_learning_rate(optimizer, learning_rate(args.lr, epoch + i / steps_per_epoch, args.epochs, args.cos,
-                                                       epoch * steps_per_epoch + i, args.warmup_iters))
+        set_learning_rate(optimizer, learning_rate(args.lr, epoch + i / steps_per_epoch, args.epochs, args.cos,
+                                                   epoch * steps_per_epoch + i, args.warmup_iters))
         loss, stats, keys = clsa_step_loss(model, views, num_weak, ctx.rank * n, args, args.amp)
         stop_now, finite = agree(stop is not None and stop.signum is not None, bool(torch.isfinite(loss)),
                                  ctx.device)

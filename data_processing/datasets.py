@@ -38,6 +38,15 @@ def read_idx(path: str) -> np.ndarray:
     return arr.reshape(dims)
 
 
+FILES = tuple(f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1"))
+
+
+def has_fashion_mnist(root: str) -> bool:
+    """True when `root` holds the four IDX files (gzipped or plain)."""
+    return all(os.path.isfile(os.path.join(root, f + ".gz")) or os.path.isfile(os.path.join(root, f))
+               for f in FILES)
+
+
 def _find(root: str, stem: str) -> str:
     for name in (stem + ".gz", stem):
         if os.path.isfile(os.path.join(root, name)):
@@ -78,9 +87,7 @@ def build_dataset(name: str, root: str, split: str, transform: Callable | None) 
     For Fashion-MNIST an empty `root`, or the default --data 'data' without IDX files in it, means the Debian
     package's folder."""
     if name.lower() == "fashionmnist":
-        has_idx = bool(root) and any(os.path.isfile(os.path.join(root, "train-images-idx3-ubyte" + ext))
-                                     for ext in (".gz", ""))
-        if not root or (root == "data" and not has_idx):
+        if not root or (root == "data" and not has_fashion_mnist(root)):
             root = FASHION_MNIST_DIR
         return FashionMNIST(root, split, transform)
     return ImageFolder(os.path.join(root, split), transform=transform)

@@ -16,19 +16,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from data_processing.datasets import FASHION_MNIST_DIR, read_idx
+from data_processing.datasets import FASHION_MNIST_DIR, FILES, has_fashion_mnist, read_idx
 from ops.errors import UsageError
 
 ENV_VAR = "FASHION_MNIST_DIR"
-FILES = tuple(f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1"))
 INSTALL_HINT = ("install it with 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or point "
                 f"{ENV_VAR}=<folder> (or --data) at a folder holding {', '.join(f + '.gz' for f in FILES)}")
-
-
-def has_fashion_mnist(root: str) -> bool:
-    """True when `root` holds the four IDX files (gzipped or plain)."""
-    return all(os.path.isfile(os.path.join(root, f + ".gz")) or os.path.isfile(os.path.join(root, f))
-               for f in FILES)
 
 
 def locate(root: str | None = None, install: bool = True, log: Callable[[str], None] = print) -> str:

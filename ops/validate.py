@@ -62,9 +62,9 @@ def check_pretrain_args(args: argparse.Namespace) -> None:
                         ("--print_freq", args.print_freq), ("--knn_freq", args.knn_freq)):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
-    if args.workers < 0 or args.warmup_iters < 0:
-        flag, value = ("--workers", args.workers) if args.workers < 0 else ("--warmup_iters", args.warmup_iters)
-        raise UsageError(f"{flag} must be >= 0, got {value}")
+    for flag, value in (("--workers", args.workers), ("--warmup_iters", args.warmup_iters)):
+        if value < 0:
+            raise UsageError(f"{flag} must be >= 0, got {value}")
     if not 0 <= args.moco_m <= 1:
         raise UsageError(f"--moco_m must be in [0, 1], got {args.moco_m}")
     if args.moco_t <= 0 or args.clsa_t <= 0:
