@@ -43,6 +43,7 @@ class Recipe:
     cos: int = 1
     warmup_iters: int = 0
     amp: bool = False
+    sym: int = 0
 
     def argv(self, data: str, run_dir: str, knn_data: str = "") -> list[str]:
         """`python main_clsa.py` argv for one process on this machine, resuming in `run_dir` when it can."""
@@ -54,6 +55,8 @@ class Recipe:
                "--alpha", str(self.alpha), "--aug_times", str(self.aug_times), "--workers", str(self.workers),
                "--seed", str(self.seed), "--print_freq", str(self.print_freq), "--save_freq", "1000",
                "--multiprocessing_distributed", "0"]
+        if self.sym:
+            out += ["--sym", str(self.sym)]
         for name in ("nmb_crops", "size_crops", "min_scale_crops", "max_scale_crops", "pick_weak", "pick_strong"):
             out += [f"--{name}", *(str(v) for v in self.crops[name])]
         if knn_data:

@@ -35,21 +35,31 @@ PROG = "experiments/reproduce.py"
 EVAL_RESERVE_S = 90  # kept per remaining evaluation when the budget guard stops a pretraining
 
 
+PRETRAIN_ARMS = ("moco_v2", "clsa_single", "clsa_multi", "clsa_sym")
+
+
 def arms(epochs: int, seeds: list[int], random_seeds: list[int], schedule: dict | None = None,
-         lr_multi: float | None = None) -> list[tuple[str, Recipe | None, int]]:
-    """(name, recipe or None for random init, seed) in the order they run: the first random init, then MoCo v2
-    and CLSA single-crop (the paper's main comparison), CLSA multi-crop (3-4x the cost per epoch), the other
-    random inits, and further pretraining seeds. `schedule`: Recipe fields shared by all arms (lr, cos,
-    warmup_iters); `lr_multi`: the multi-crop arm's lr (its loss sums 5 InfoNCE + 25 DDM terms, not 1 + 1)."""
+         lr_multi: float | None = None, include: tuple[str, ...] = PRETRAIN_ARMS[:3]
+         ) -> list[tuple[str, Recipe | None, int]]:
+    """(name, recipe or None for random init, seed) in the order they run: the first random init, then per seed
+    MoCo v2, CLSA single-crop and CLSA single-crop with the symmetric loss (`clsa_sym`, --sym 1), with CLSA
+    multi-crop (3-4x the cost per epoch) and the other random inits after the first seed's group. `include`: the
+    pretraining arms to run; `schedule`: Recipe fields shared by all arms (lr, cos, warmup_iters); `lr_multi`:
+    the multi-crop arm's lr (its loss sums 5 InfoNCE + 25 DDM terms, not 1 + 1)."""
     sched = dict(schedule or {})
     multi = dict(sched, lr=lr_multi) if lr_multi else sched
     out: list[tuple[str, Recipe | None, int]] = [("random_init", None, random_seeds[0])]
     for i, seed in enumerate(seeds):
-        out += [("moco_v2", Recipe(epochs=epochs, alpha=0.0, seed=seed, crops=dict(SINGLE_CROP), **sched), seed),
-                ("clsa_single", Recipe(epochs=epochs, alpha=1.0, seed=seed, crops=dict(SINGLE_CROP), **sched), seed)]
+        group = [("moco_v2", Recipe(epochs=epochs, alpha=0.0, seed=seed, crops=dict(SINGLE_CROP), **sched), seed),
+                 ("clsa_single", Recipe(epochs=epochs, alpha=1.0, seed=seed, crops=dict(SINGLE_CROP), **sched),
+                  seed),
+                 ("clsa_sym", Recipe(epochs=epochs, alpha=1.0, seed=seed, sym=1, crops=dict(SINGLE_CROP), **sched),
+                  seed)]
         if i == 0:
-            out.append(("clsa_multi", Recipe(epochs=epochs, alpha=1.0, seed=seed, crops=dict(MULTI_CROP), **multi),
-                        seed))
+            group.append(("clsa_multi", Recipe(epochs=epochs, alpha=1.0, seed=seed, crops=dict(MULTI_CROP), **multi),
+                          seed))
+        out += [arm for arm in group if arm[0] in include]
+        if i == 0:
             out += [("random_init", None, s) for s in random_seeds[1:]]
     return out
 
@@ -65,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--monitor_queries", type=int, default=1000, help="test images of the per-epoch kNN monitor")
     p.add_argument("--monitor_bank", type=int, default=2000, help="train images of the per-epoch kNN monitor")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="pretraining seeds (MoCo v2 and CLSA single)")
+    p.add_argument("--arms", nargs="+", choices=PRETRAIN_ARMS, default=list(PRETRAIN_ARMS[:3]),
+                   help="pretraining arms to run (clsa_sym: CLSA single-crop with --sym 1)")
     p.add_argument("--random_seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--lr", type=float, default=0.1, help="pretraining lr (MoCo v2, CLSA single-crop)")
     p.add_argument("--lr_multi", type=float, default=0.02, help="pretraining lr of CLSA multi-crop")
@@ -136,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                           monitor_bank=args.monitor_bank)
     folders = {r: os.path.join(root, r) for r in ("pretrain", "eval", "monitor")}
     plan = arms(args.epochs, args.seeds, args.random_seeds,
-                {"lr": args.lr, "cos": args.cos, "warmup_iters": args.warmup_iters}, args.lr_multi)
+                {"lr": args.lr, "cos": args.cos, "warmup_iters": args.warmup_iters}, args.lr_multi,
+                tuple(args.arms))
     print(f"[{time.strftime('%H:%M:%S')}] {len(plan)} runs, {args.epochs} epochs on {args.subset or 'all'} train "
           "images, budget "
           f"{args.budget_min:.0f} min, results in {args.out}", flush=True)

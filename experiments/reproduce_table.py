@@ -7,9 +7,10 @@ import json
 import os
 import statistics
 
-ORDER = ("random_init", "moco_v2", "clsa_single", "clsa_multi")
+ORDER = ("random_init", "moco_v2", "clsa_single", "clsa_sym", "clsa_multi")
 LABELS = {"random_init": "random init (no pretraining)", "moco_v2": "MoCo v2 (`--alpha 0`)",
-          "clsa_single": "CLSA single-crop (32 + 16 px)", "clsa_multi": "CLSA multi-crop (32/28/24/20/16 px)"}
+          "clsa_single": "CLSA single-crop (32 + 16 px)",
+          "clsa_sym": "CLSA single-crop, symmetric (`--sym 1`)", "clsa_multi": "CLSA multi-crop (32/28/24/20/16 px)"}
 
 
 def _stat(values: list[float]) -> dict:

@@ -37,3 +37,13 @@ def test_arms_order_and_flags():
 def test_parser_defaults_are_the_documented_run():
     args = build_parser().parse_args([])
     assert (args.epochs, args.subset, args.lr, args.lr_multi, args.cos, args.warmup_iters) == (7, 0, 0.1, 0.02, 3, 100)
+
+
+def test_seeded_plan_with_the_symmetric_arm():
+    plan = arms(7, [1, 2], [0, 1, 2], {"lr": 0.1}, include=("moco_v2", "clsa_single", "clsa_sym"))
+    assert [(name, seed) for name, _, seed in plan] == [
+        ("random_init", 0), ("moco_v2", 1), ("clsa_single", 1), ("clsa_sym", 1), ("random_init", 1),
+        ("random_init", 2), ("moco_v2", 2), ("clsa_single", 2), ("clsa_sym", 2)]
+    sym = [r for name, r, _ in plan if name == "clsa_sym"]
+    assert all(_flag(r.argv("DATA", "RUN"), "--sym") == ["1"] for r in sym)
+    assert all("--sym" not in r.argv("DATA", "RUN") for name, r, _ in plan if name in ("moco_v2", "clsa_single"))
