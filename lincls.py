@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import time
 
 import torch
@@ -55,6 +56,16 @@ def run_dir_for(args: argparse.Namespace) -> str:
                                        timestamp()))
 
 
+def remove_run_dir(run_dir: str) -> None:
+    """Delete the run directory of a refused run, and its <log_path>/<kind> parents when they are left empty."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in (os.path.dirname(run_dir), os.path.dirname(os.path.dirname(run_dir))):
+        try:
+            os.rmdir(parent)
+        except OSError:
+            break
+
+
 def transforms(args: argparse.Namespace) -> tuple[T.Compose, T.Compose]:
     """Train: RandomResizedCrop(train-crop) + flip; val: Resize(val-resize) + CenterCrop(val-crop); normalised."""
     train = T.Compose([T.RandomResizedCrop(args.train_crop), T.RandomHorizontalFlip(), normalize()])
@@ -86,7 +97,7 @@ def load_weights(model: torch.nn.Module, args: argparse.Namespace, logger: RunLo
             logger.info("=> no --pretrained: the backbone is randomly initialised (a baseline)")
         return
     logger.info(f"=> loading checkpoint '{args.pretrained}'")
-    report = load_encoder_weights(model, args.pretrained, keep_fc=args.evaluate)
+    report = load_encoder_weights(model, args.pretrained, keep_fc=args.evaluate, trust=args.trust_checkpoint)
     if args.evaluate and not args.resume and not report.fc_loaded:
         raise UsageError(f"-e: --pretrained {args.pretrained!r} has no linear classifier for these classes; "
                          f"evaluate a lincls.py checkpoint (checkpoint.pth.tar or model_best.pth.tar)")
@@ -96,7 +107,7 @@ def load_weights(model: torch.nn.Module, args: argparse.Namespace, logger: RunLo
 def resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, args: argparse.Namespace,
            logger: RunLogger) -> float:
     """Load a lincls.py checkpoint; returns its best Acc@1 and sets args.start_epoch."""
-    ckpt = load_checkpoint(args.resume, "--resume")
+    ckpt = load_checkpoint(args.resume, "--resume", trust=args.trust_checkpoint)
     if any(".encoder_q." in k or k.startswith("encoder_q.") for k in ckpt["state_dict"]):
         raise UsageError(f"--resume {args.resume!r} is a pretraining checkpoint; pass it as --pretrained")
     try:
@@ -147,6 +158,11 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
             knn_worker(ctx, args, logger)
         else:
             linear_worker(ctx, args, logger, run_dir)
+    except UsageError:
+        logger.close()
+        if ctx.is_main and not args.resume:
+            remove_run_dir(run_dir)
+        raise
     finally:
         logger.close()
 
@@ -189,6 +205,9 @@ def linear_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogger,
     logger.write_json("args.json", vars(args))
     best_epoch, res = None, {}
     stop = StopRequest().install()
+    if args.start_epoch >= args.epochs:
+        logger.info(f"nothing to train: --resume {args.resume!r} is at epoch {args.start_epoch}, --epochs is "
+                    f"{args.epochs}; pass a larger --epochs to train further, or -e to only validate")
     for epoch in range(args.start_epoch, args.epochs):
         sampler.set_epoch(epoch)
         lr = linear_lr(args.lr, args.final_lr, epoch, args.epochs, args.cos, args.schedule)

@@ -75,7 +75,7 @@ def resume(args: argparse.Namespace, model: CLSA, optimizer: torch.optim.Optimiz
     path = auto_resume_path(args.run_dir) if args.resume == "auto" else args.resume
     if not path:
         return {"path": "", "epoch": args.start_epoch, "iteration": 0, "best_acc": float("-inf")}
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, trust=args.trust_checkpoint)
     check_compatible(ckpt, args, path)
     load_prefixed_state_dict(model, ckpt["state_dict"])
     optimizer.load_state_dict(ckpt["optimizer"])
@@ -129,6 +129,9 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
     if pos["path"]:
         logger.info(f"resumed {pos['path']} at epoch {pos['epoch']} iteration {pos['iteration']} "
                     f"(queue_ptr {int(model.queue_ptr)})")
+    if pos["epoch"] >= args.epochs:
+        logger.info(f"nothing to train: {pos['path'] or 'the run'} is at epoch {pos['epoch']}, --epochs is "
+                    f"{args.epochs}; pass a larger --epochs to train further")
     if ctx.distributed:
         model = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     logger.write_json("args.json", vars(args))

@@ -32,7 +32,7 @@ from torchvision import transforms as T  # noqa: E402
 from clsa.checkpoint import atomic_save  # noqa: E402
 from clsa.pretrained import backbone, load_encoder_weights  # noqa: E402
 from data_processing.transforms import normalize  # noqa: E402
-from ops.argparser import RESNET_ARCHS  # noqa: E402
+from ops.argparser import RESNET_ARCHS, add_trust_flag  # noqa: E402
 from ops.environment import use_cuda  # noqa: E402
 from ops.errors import UsageError, exit_usage  # noqa: E402
 from ops.logging import RunLogger, format_duration  # noqa: E402
@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--svm-costs", type=float, nargs="+", default=list(DEFAULT_COSTS),
                    help="SVM costs C tried by cross-validation on trainval")
     g.add_argument("--svm-folds", type=int, default=3, help="cross-validation folds for the SVM cost")
+    add_trust_flag(g)
     return p
 
 
@@ -113,7 +114,7 @@ def build_trunk(args: argparse.Namespace, device: torch.device, log) -> tuple[nn
     """Frozen backbone in eval mode with fc = Identity; returns it and its feature dimension."""
     trunk = backbone(args.arch)
     if args.pretrained:
-        report = load_encoder_weights(trunk, args.pretrained)
+        report = load_encoder_weights(trunk, args.pretrained, trust=args.trust_checkpoint)
         log(f"=> loaded '{args.pretrained}': {report.describe()}")
     else:
         log("=> no --pretrained: randomly initialised backbone (a baseline)")

@@ -1,20 +1,82 @@
-"""Checkpoints in the 2021 layout (`module.*` keys), written atomically by rank 0 only."""
+"""Checkpoints: the 2021 layout (`module.*` keys), written atomically by rank 0 with the umask's mode, and read
+safely.
+
+Every file is read with `torch.load(weights_only=True)`: tensors, dicts, lists, tuples, numbers and strings, nothing
+that unpickling could turn into code. Only the numpy types of the previous format's RNG state are allowed on top,
+so those checkpoints still resume. A file that needs more is refused with one line (`UsageError`, exit code 2)
+unless the user passes TRUST_FLAG for a file they trust. What we save is plain data (RNG states as tensors and
+lists, `args` as a dict), so a plain `torch.load(path)` opens it on any current torch.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 import tempfile
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from ops.argparser import TRUST_FLAG
 from ops.errors import UsageError
 
 PREFIX = "module."
+
+
+def _numpy_rng_globals() -> list:
+    """The globals np.random.get_state() pickles to (numpy 2 and numpy 1 module names): the previous format."""
+    reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+    return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), (reconstruct, "numpy._core.multiarray._reconstruct"),
+            (reconstruct, "numpy.core.multiarray._reconstruct")]
+
+
+def _unsafe_globals(path: str) -> list[str]:
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - a legacy or damaged file: nothing to name
+        return []
+    allowed = {"numpy.ndarray", "numpy.dtype", "numpy._core.multiarray._reconstruct",
+               "numpy.core.multiarray._reconstruct", "numpy.dtypes.UInt32DType"}
+    return [n for n in names if n not in allowed]
+
+
+def load_file(path: str, flag: str, trust: bool = False) -> Any:
+    """The object stored in `path` (.pth/.pth.tar via torch.load, .safetensors as a dict of tensors), on the CPU.
+
+    Refuses with one line (UsageError): a missing file, an unreadable one, and, unless `trust`, one that holds
+    anything but plain data (naming the Python objects it would have created).
+    """
+    if not os.path.isfile(path):
+        raise UsageError(f"{flag} {path!r}: no such file")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file as load_safetensors
+        try:
+            return load_safetensors(path, device="cpu")
+        except Exception as err:  # noqa: BLE001 - any parse failure means "not a safetensors file"
+            raise UsageError(f"{flag} {path!r} is not a readable .safetensors file ({type(err).__name__})") from None
+    if trust:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001
+            raise UsageError(f"{flag} {path!r} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+    try:
+        with torch.serialization.safe_globals(_numpy_rng_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        names = _unsafe_globals(path)
+        if not names:
+            raise UsageError(f"{flag} {path!r} is not a readable checkpoint (it does not unpickle as plain data)"
+                             ) from None
+        raise UsageError(f"{flag} {path!r} refused: it holds objects that are not plain data "
+                         f"({', '.join(names[:5])}), and unpickling them could run code; re-save the tensors you "
+                         f"need, or pass {TRUST_FLAG} if you trust the file's source") from None
+    except Exception as err:  # noqa: BLE001 - any other failure means "not a checkpoint"
+        raise UsageError(f"{flag} {path!r} is not a readable checkpoint ({type(err).__name__}: {err})") from None
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -34,32 +96,48 @@ def load_prefixed_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's python, numpy, torch (and CUDA) RNG states as plain data: tuples, lists and tensors."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                                    int(has_gauss), float(gauss)),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore `rng_state()`; also the previous format (numpy state with an ndarray)."""
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    keys = keys.numpy() if torch.is_tensor(keys) else np.asarray(keys)
+    np.random.set_state((kind, keys.astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
+def _umask_mode() -> int:
+    """0o666 minus this process's umask: the mode `open()` gives a new file (mkstemp would give 0o600)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """write(f) into a temporary file in `path`'s folder, fsync, give it the umask's mode, rename over `path`.
 
     An interrupted write leaves the previous `path` untouched.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth.tar", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -67,10 +145,14 @@ def atomic_save(obj: Any, path: str) -> None:
         raise
 
 
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save `obj` to `path` atomically (see atomic_write)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
 def atomic_copy(src: str, dst: str) -> None:
-    tmp = dst + ".tmp"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with open(src, "rb") as f:
+        atomic_write(dst, lambda out: shutil.copyfileobj(f, out, 1 << 24))
 
 
 def save_epoch_checkpoints(state: dict[str, Any], run_dir: str, epoch: int, is_best: bool, save_freq: int) -> str:
@@ -85,12 +167,9 @@ def save_epoch_checkpoints(state: dict[str, Any], run_dir: str, epoch: int, is_b
     return last
 
 
-def load_checkpoint(path: str, flag: str = "--resume") -> dict[str, Any]:
-    """Load on CPU; a file that is not a checkpoint dict with `state_dict` is refused with one line."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise UsageError(f"{flag} {path!r} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+def load_checkpoint(path: str, flag: str = "--resume", trust: bool = False) -> dict[str, Any]:
+    """Read a training checkpoint safely (see load_file); one without `state_dict` is refused with one line."""
+    ckpt = load_file(path, flag, trust)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UsageError(f"{flag} {path!r} holds no 'state_dict'; expected a main_clsa.py checkpoint")
     return ckpt

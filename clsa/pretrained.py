@@ -5,9 +5,11 @@ Accepted files (all read on the CPU):
   keys. The query encoder f_q is kept, its projection head `encoder_q.fc*` and everything else (key encoder,
   queue) dropped; the backbone must then miss exactly {fc.weight, fc.bias} (the 2021 lincls.py assertion);
 - a linear-evaluation checkpoint written by `lincls.py` (`module.conv1.weight` ... `module.fc.weight`);
-- a plain torchvision state_dict, with or without a `state_dict` wrapper or a `module.` prefix.
+- a plain torchvision state_dict, with or without a `state_dict` wrapper or a `module.` prefix, also a backbone
+  written by export_backbone.py (.pth or .safetensors).
 
-Anything else is refused with one line naming the file (`UsageError`, exit code 2 in the entry scripts).
+Files are read safely (weights only, see clsa/checkpoint.py). Anything else is refused with one line naming the
+file (`UsageError`, exit code 2 in the entry scripts).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from clsa.checkpoint import load_file
 from ops.errors import UsageError
 
 ENCODER_Q = "module.encoder_q."
@@ -43,14 +46,10 @@ class LoadReport:
         return f"{what}{extra}, {self.loaded} tensors loaded {head} fc"
 
 
-def read_state_dict(path: str, flag: str = "--pretrained") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state dict, the whole checkpoint dict or {}) of `path`; unreadable files raise UsageError."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise UsageError(f"{flag} {path!r}: no such file") from None
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user
-        raise UsageError(f"{flag} {path!r} is not a readable checkpoint ({type(err).__name__})") from None
+def read_state_dict(path: str, flag: str = "--pretrained", trust: bool = False
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, the whole checkpoint dict or {}) of `path`, read safely (clsa.checkpoint.load_file)."""
+    obj = load_file(path, flag, trust)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         state, meta = obj["state_dict"], obj
     elif isinstance(obj, dict):
@@ -79,8 +78,8 @@ def encoder_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     return stripped, "linear_or_torchvision"
 
 
-def load_encoder_weights(model: nn.Module, path: str, keep_fc: bool = False, flag: str = "--pretrained"
-                         ) -> LoadReport:
+def load_encoder_weights(model: nn.Module, path: str, keep_fc: bool = False, flag: str = "--pretrained",
+                         trust: bool = False) -> LoadReport:
     """Copy the encoder weights of `path` into the torchvision backbone `model` (non-strict, checked).
 
     keep_fc: also load `fc.*` when the file has a classifier whose shape matches (a lincls.py checkpoint);
@@ -88,7 +87,7 @@ def load_encoder_weights(model: nn.Module, path: str, keep_fc: bool = False, fla
     fc.bias}; with it they must be empty. Everything else in the model must be covered, and no backbone key of the
     file may be left over, else a UsageError names the file and the first offending keys.
     """
-    state, meta = read_state_dict(path, flag)
+    state, meta = read_state_dict(path, flag, trust)
     weights, source = encoder_state(state)
     if source != "pretraining":
         source = "linear" if "best_acc1" in meta else "torchvision"

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 
 import numpy as np
 import torch
+
+from clsa.checkpoint import atomic_write, load_file
+from ops.errors import UsageError
 
 QUERY_PREFIX = "module.encoder_q."
 AUTHOR = "MOCO"
@@ -45,25 +47,13 @@ class ConversionError(Exception):
     """The input cannot be converted; the message is one line meant for the user."""
 
 
-def load_checkpoint(path: str) -> object:
-    """Load ``path`` with ``torch.load`` on the CPU.
-
-    Tries ``weights_only=True`` first; checkpoints that also store other Python objects (this project's
-    ``args``/RNG states, for instance) are then loaded with ``weights_only=False``. Only convert files you trust.
-    Raises ConversionError when the file is missing or is not a torch checkpoint.
-    """
-    if not os.path.isfile(path):
-        raise ConversionError(f"{path}: no such file")
+def load_checkpoint(path: str, trust: bool = False) -> object:
+    """Read ``path`` on the CPU, weights only (clsa.checkpoint.load_file: a file holding anything but tensors and
+    plain Python values is refused unless ``trust``); ``.safetensors`` files too. Raises ConversionError."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # holds non-tensor objects; retried below
-    except Exception as exc:  # noqa: BLE001 - any failure here means "not a checkpoint"
-        raise ConversionError(f"{path}: not a readable torch checkpoint ({type(exc).__name__})") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001
-        raise ConversionError(f"{path}: not a readable torch checkpoint ({type(exc).__name__})") from None
+        return load_file(path, "input", trust)
+    except UsageError as err:
+        raise ConversionError(str(err).removeprefix("input ")) from None
 
 
 def _is_resnet(state: Mapping[str, object]) -> bool:
@@ -124,26 +114,25 @@ def build_payload(model: dict[str, np.ndarray]) -> dict[str, object]:
 
 
 def write_pickle_atomic(payload: object, out_path: str) -> None:
-    """Pickle ``payload`` to a temporary file next to ``out_path``, then rename it into place."""
-    directory = os.path.dirname(os.path.abspath(out_path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pkl", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(payload, f)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Pickle ``payload`` to a temporary file next to ``out_path``, then rename it into place (umask's mode)."""
+    atomic_write(out_path, lambda f: pickle.dump(payload, f))
 
 
-def convert_file(in_path: str, out_path: str, verbose: bool = True) -> int:
+def check_bottleneck(encoder: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse a ResNet of basic blocks (resnet18/34): the C4 configs here build bottleneck stages only."""
+    if "layer1.0.conv3.weight" not in encoder:
+        raise ConversionError(f"{source}: a basic-block ResNet (resnet18/34, no 'layer1.0.conv3.weight'); the "
+                              "detectron2 configs in detection/configs need a bottleneck ResNet (resnet50/101/152)")
+
+
+def convert_file(in_path: str, out_path: str, verbose: bool = True, trust: bool = False) -> int:
     """Convert checkpoint ``in_path`` into detectron2 pickle ``out_path``; return the number of tensors written.
 
     With ``verbose``, prints ``old -> new`` for each key, as MoCo's converter does. Raises ConversionError
     (nothing is written) when the input holds no ResNet encoder or the output folder does not exist.
     """
-    encoder = extract_encoder(load_checkpoint(in_path), source=in_path)
+    encoder = extract_encoder(load_checkpoint(in_path, trust), source=in_path)
+    check_bottleneck(encoder, in_path)
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(out_dir):
         raise ConversionError(f"{out_path}: output folder {out_dir} does not exist")

@@ -15,6 +15,17 @@ RESNET_ARCHS = (
 )
 
 
+TRUST_FLAG = "--trust_checkpoint"
+
+
+def add_trust_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The one opt-in to full unpickling, spelled the same in every entry point (also --trust-checkpoint)."""
+    p.add_argument(TRUST_FLAG, "--trust-checkpoint", dest="trust_checkpoint", action="store_true",
+                   help="open checkpoint files with full unpickling (torch.load weights_only=False). Unpickling can "
+                        "run arbitrary code: use it only for a file whose source you trust. Without it, a file "
+                        "holding anything but tensors and plain Python values is refused")
+
+
 def add_launch_flags(p: argparse.ArgumentParser, sep: str, world_size: int, rank: int) -> None:
     """The flags `ops.launch` reads. `sep` is "_" for main_clsa.py and "-" for lincls.py (2021 spellings)."""
     def name(flag: str) -> str:
@@ -112,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--strict_data", action="store_true", help="stop at an unreadable image instead of skipping it")
     g.add_argument("--skip_nonfinite", action="store_true",
                    help="skip an optimiser step whose loss is NaN/inf instead of stopping the run")
+    add_trust_flag(g)
     g.add_argument("--max_iters", type=int, default=0, help="stop each epoch after N iterations (0: full epochs)")
     return p
 

@@ -11,7 +11,7 @@ import argparse
 import os
 from collections.abc import Sequence
 
-from ops.argparser import RESNET_ARCHS, add_launch_flags
+from ops.argparser import RESNET_ARCHS, add_launch_flags, add_trust_flag
 from ops.errors import UsageError
 from ops.validate import check_image_folder, check_resume
 
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weighted kNN evaluation instead of linear training (bank: train/, queries: val/)")
     g.add_argument("--knn-k", type=int, default=200, help="neighbours k of the kNN rule")
     g.add_argument("--knn-t", type=float, default=0.1, help="temperature t of the kNN weights exp(s/t)")
+    add_trust_flag(g)
     return p
 
 

@@ -82,6 +82,7 @@ class RunLogger:
             self._tb.close()
         if self._file is not None:
             self._file.close()
+        self._tb = self._file = None
 
 
 def unique_run_dir(base: str) -> str:
