@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from clsa.checkpoint import load_checkpoint
 from experiments import fmnist_data
 from experiments.demo_report import knn_by_epoch, print_table, view_grid, write_figures
 from experiments.pretrain_run import run_pretraining
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: kNN {results[name]['knn_top1']:.2f}  linear {results[name]['linear_top1']:.2f} "
               f"({results[name]['seconds']:.0f}s)", flush=True)
     monitor_random = evaluate_knn_only(recipe, folders["monitor"], args.seed)
-    epochs_done = int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"])
+    epochs_done = int(load_checkpoint(ckpt)["epoch"])
     curves = write_figures(run_dir, args.out, monitor_random)
     summary = {"encoders": results, "arch": recipe.arch, "epochs": recipe.epochs, "epochs_done": epochs_done,
                "stopped_at_budget": pre["stopped_at_deadline"], "pretrain_images": args.subset or 60000,
@@ -165,7 +166,7 @@ def resumable(run_dir: str, recipe: Recipe) -> bool:
     wanted = recipe.argv("", "")
     same = all(str(saved.get(flag[2:])) == wanted[i + 1] for i, flag in enumerate(wanted)
                if flag in ("--epochs", "--batch_size", "--lr", "--moco_k", "--moco_m", "--alpha", "--seed"))
-    return same and int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]) < recipe.epochs
+    return same and int(load_checkpoint(ckpt)["epoch"]) < recipe.epochs
 
 
 def evaluate_knn_only(recipe: Recipe, folder: str, seed: int) -> float:

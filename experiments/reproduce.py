@@ -102,8 +102,8 @@ def run_arm(name: str, recipe: Recipe | None, seed: int, folders: dict[str, str]
         ckpt = os.path.join(run_dir, "checkpoint_last.pth.tar")
         if pre["returncode"] not in (0, 75) or not os.path.isfile(ckpt):
             raise RuntimeError(f"{name}: main_clsa.py exited with {pre['returncode']}; see {arm_dir}/pretrain.log")
-        import torch
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        from clsa.checkpoint import load_checkpoint
+        state = load_checkpoint(ckpt)
         from experiments.demo_report import knn_by_epoch
         result.update(epochs=recipe.epochs, epochs_done=int(state["epoch"]), iteration=int(state.get("iteration", 0)),
                       partial=bool(pre["stopped_at_deadline"]), pretrain_seconds=pre["seconds"],
