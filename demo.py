@@ -14,6 +14,7 @@ initialisation (kNN and linear probe on the test split), plot the run and write 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -25,13 +26,14 @@ import torch
 from clsa.checkpoint import load_checkpoint
 from experiments import fmnist_data
 from experiments.demo_report import knn_by_epoch, print_table, view_grid, write_figures
+from experiments.demo_sizing import KNN_SPEEDUP, Plan, fit, steady_rate
 from experiments.pretrain_run import run_pretraining
 from experiments.probe import evaluate, load_encoder
 from experiments.recipe import Recipe
 from ops.errors import UsageError, exit_usage
 
 PROG = "demo.py"
-EVAL_RESERVE_S = 150  # time kept for the final evaluation when the budget guard stops pretraining
+CALIBRATION_ITERS = 40  # iterations of the speed measurement before the run is sized
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,23 +106,37 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         exit_usage(PROG, err)
     os.makedirs(args.out, exist_ok=True)
+    asked_images = args.subset or 60000
     run_dir = os.path.join(args.out, "run")
     recipe = recipe_for(args)
     print(f"{PROG}: Fashion-MNIST from {source}; results in {args.out}/", flush=True)
+    asked = [args.epochs, args.subset]
+    saved = None if args.fresh else saved_plan(args)
+    if saved is not None:
+        args.subset = saved[0].images
     folders, new_data = prepare_data(args, source)
-    if os.path.isdir(run_dir) and (args.fresh or new_data or not resumable(run_dir, recipe)):
+    if os.path.isdir(run_dir) and (args.fresh or new_data):
         shutil.rmtree(run_dir)
     grid = view_grid(folders["pretrain"], recipe, os.path.join(args.out, "views.png"), args.seed)
     print(f"{PROG}: example views -> {grid}", flush=True)
 
+    plan, eval_s = size_run(args, recipe, folders, run_dir, start, asked, saved)
+    if plan.images != (args.subset or 60000):
+        args.subset = plan.images
+        folders, _ = prepare_data(args, source)
+    recipe.epochs = plan.epochs
     argv_pre = recipe.argv(folders["pretrain"], run_dir, folders["monitor"])
     print(f"{PROG}: pretraining: {' '.join(argv_pre[1:])}", flush=True)
-    deadline = start + args.budget_min * 60 - (0 if args.smoke else EVAL_RESERVE_S)
+    deadline = start + args.budget_min * 60 - (0 if args.smoke else eval_s)
     pre = run_pretraining(argv_pre, deadline)
     ckpt = os.path.join(run_dir, "checkpoint_last.pth.tar")
-    if pre["returncode"] not in (0, 75) or not os.path.isfile(ckpt):
+    if pre["returncode"] not in (0, 75) and not pre["stopped_at_deadline"]:
         print(f"{PROG}: error: main_clsa.py exited with code {pre['returncode']}; see {run_dir}/train.log",
               file=sys.stderr)
+        return 1
+    if not os.path.isfile(ckpt) or int(load_checkpoint(ckpt)["epoch"]) == 0:
+        print(f"{PROG}: error: pretraining finished no epoch within --budget_min {args.budget_min:g}, so there is "
+              f"no pretrained encoder to report; rerun (it resumes) or raise --budget_min", file=sys.stderr)
         return 1
 
     print(f"{PROG}: evaluating the pretrained and the random-init encoder (kNN + linear probe)", flush=True)
@@ -140,11 +156,61 @@ def main(argv: list[str] | None = None) -> int:
                "pretrain_seconds": pre["seconds"], "wall_time_s": time.time() - start,
                "recipe": {k: v for k, v in vars(recipe).items()}, "command": " ".join(argv_pre[1:]),
                "figures": curves + [grid], "tensorboard": run_dir, "threads": torch.get_num_threads(),
-               "cpu_count": os.cpu_count(), "smoke": args.smoke}
+               "cpu_count": os.cpu_count(), "smoke": args.smoke,
+               "plan": {**vars(plan), "budget_min": args.budget_min, "asked_epochs": asked[0],
+                        "asked_images": asked_images}}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print_table(summary)
     return 0
+
+
+def saved_plan(args: argparse.Namespace) -> tuple[Plan, float] | None:
+    """The plan (and evaluation reserve) of an earlier run in <out> asked with the same --epochs and --subset."""
+    path = os.path.join(args.out, "plan.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    return (Plan(**saved["plan"]), saved["eval_s"]) if saved["asked"] == [args.epochs, args.subset] else None
+
+
+def size_run(args: argparse.Namespace, recipe: Recipe, folders: dict[str, str], run_dir: str, start: float,
+             asked: list[int], saved: tuple[Plan, float] | None) -> tuple[Plan, float]:
+    """Measure this machine's speed in a few iterations and fit whole epochs into the budget (demo_sizing.fit);
+    an unfinished run in `run_dir` keeps the plan it started with. Returns (plan, seconds kept for evaluation)."""
+    epochs = recipe.epochs
+    if saved is not None and os.path.isdir(run_dir):
+        recipe.epochs = saved[0].epochs
+        if resumable(run_dir, recipe):
+            print(f"{PROG}: continuing the unfinished run: {saved[0].epochs} epochs on {saved[0].images} images",
+                  flush=True)
+            return saved
+        recipe.epochs = epochs
+    if os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)
+    cal_dir = os.path.join(args.out, "calibrate")
+    shutil.rmtree(cal_dir, ignore_errors=True)
+    iters = 4 if args.smoke else CALIBRATION_ITERS
+    cal = dataclasses.replace(recipe, epochs=1, max_iters=iters, print_freq=1 if args.smoke else 10)
+    print(f"{PROG}: measuring this machine's speed over {iters} iterations", flush=True)
+    with open(os.path.join(args.out, "calibrate.log"), "w") as log:
+        pre = run_pretraining(cal.argv(folders["pretrain"], cal_dir), None, stdout=log)
+    with open(os.path.join(args.out, "calibrate.log")) as log:
+        rate = steady_rate(log.read().splitlines(), recipe.batch_size)
+    shutil.rmtree(cal_dir, ignore_errors=True)
+    if pre["returncode"] != 0 or rate is None:
+        raise SystemExit(f"{PROG}: error: the speed measurement failed (main_clsa.py exited with "
+                         f"{pre['returncode']}); see {args.out}/calibrate.log")
+    startup = max(pre["seconds"] - iters * recipe.batch_size / rate, 0.0)
+    knn_images = (args.monitor_bank or args.bank) + (args.monitor_queries or 10000)
+    eval_s = 15 + (2 * ((args.bank or 60000) + (args.queries or 10000)) + knn_images) / (KNN_SPEEDUP * rate)
+    left = start + args.budget_min * 60 - time.time() - startup - eval_s
+    plan = fit(rate, left, epochs, asked[1] or 60000, knn_images, recipe.batch_size)
+    print(f"{PROG}: {plan.line(args.budget_min)}", flush=True)
+    with open(os.path.join(args.out, "plan.json"), "w") as f:
+        json.dump({"plan": vars(plan), "asked": asked, "eval_s": eval_s}, f, indent=2)
+    return plan, eval_s
 
 
 def reprint(path: str) -> int:

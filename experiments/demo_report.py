@@ -76,6 +76,13 @@ def print_table(summary: dict) -> None:
     print(f"pretraining {summary['pretrain_seconds'] / 60:.1f} min on {summary['pretrain_images']} images, total "
           f"{summary['wall_time_s'] / 60:.1f} min" + (" (stopped early at the time budget)"
                                                       if summary["stopped_at_budget"] else ""))
+    plan = summary.get("plan")
+    if plan and plan["shortened"]:
+        print(f"shortened to fit --budget_min {plan['budget_min']:g} on this machine ({plan['img_per_s']:.0f} img/s): "
+              f"{plan['epochs']} epochs on {plan['images']} images instead of {plan['asked_epochs']} on "
+              f"{plan['asked_images']}")
+    elif plan:
+        print(f"this machine: {plan['img_per_s']:.0f} img/s; the whole recipe fits --budget_min {plan['budget_min']:g}")
     note = ""
     if min(d_knn, d_lin) > 1:
         verdict = "ahead of"

@@ -33,6 +33,9 @@ def test_smoke_demo_writes_results_and_figures(smoke_run, capsys):
         assert 0 <= enc["knn_top1"] <= 100 and 0 <= enc["linear_top1"] <= 100
         assert enc["queries"] == 40 and enc["bank"] == 64
     assert res["epochs_done"] == res["epochs"] == 2 and res["wall_time_s"] > 0
+    plan = res["plan"]  # sized from a measured speed: the smoke recipe fits its 15 minutes
+    assert plan["img_per_s"] > 0 and not plan["shortened"] and (plan["epochs"], plan["images"]) == (2, 64)
+    assert os.path.isfile(os.path.join(out, "plan.json")) and not os.path.exists(os.path.join(out, "calibrate"))
     assert [k["epoch"] for k in res["knn_monitor"]["by_epoch"]] == [1, 2]
     for png in ("loss_knn.png", "views.png"):
         with Image.open(os.path.join(out, png)) as img:
@@ -44,6 +47,17 @@ def test_smoke_demo_writes_results_and_figures(smoke_run, capsys):
     assert demo.main(["--report", "--out", out]) == 0
     printed = capsys.readouterr().out
     assert "random init" in printed and "CLSA, 2 epoch(s)" in printed and "kNN monitor by epoch" in printed
+    assert "img/s; the whole recipe fits --budget_min 15" in printed
+
+
+def test_a_budget_too_small_for_one_epoch_reports_no_encoder(tmp_path, capsys):
+    data = write_tiny_fmnist(str(tmp_path / "fm"), n_train=120, n_test=40)
+    out = str(tmp_path / "out")
+    code = demo.main(["--smoke", "--data", data, "--out", out, "--no_install", "--budget_min", "0.01"])
+    captured = capsys.readouterr()
+    assert code == 1 and not os.path.exists(os.path.join(out, "results.json"))
+    assert "this machine: " in captured.out and "training 2 epochs on 64 images to fit 0.01 min" in captured.out
+    assert "finished no epoch within --budget_min 0.01" in captured.err
 
 
 def test_smoke_demo_logs_losses_and_knn_to_tensorboard(smoke_run):

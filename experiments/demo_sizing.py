@@ -1,0 +1,68 @@
+"""How much pretraining the demo can afford on this machine: whole epochs that end inside the budget.
+
+The demo measures its training speed r (images/s) in the first iterations, then picks epochs E and subset N with
+E * (N / r + c_kNN) <= the seconds left, where c_kNN is the per-epoch kNN monitor (forward passes only, costed at
+KNN_SPEEDUP images per training image). Preference: the full recipe; else fewer images at the same epochs down to
+FLOOR_IMAGES; else fewer epochs (never below MIN_EPOCHS, so the kNN curve has two points); else fewer images.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+KNN_SPEEDUP = 3.0  # a kNN image (one 32-px forward) costs about a third of a training image (3 views, backward)
+MIN_EPOCHS = 2
+FLOOR_IMAGES = 10000
+STEP = 500  # subsets are multiples of this (class-balanced carving, whole batches)
+
+PROGRESS = re.compile(r"Epoch: \[\d+\]\[\s*(\d+)/\d+\].*img/s\s+([\d.]+)")
+
+
+@dataclass
+class Plan:
+    """What the demo trains: `epochs` over `images`, and why (`shortened` is False for the full recipe)."""
+    epochs: int
+    images: int
+    img_per_s: float
+    shortened: bool
+
+    def line(self, budget_min: float) -> str:
+        return (f"this machine: {self.img_per_s:.0f} img/s; training {self.epochs} epochs on {self.images} images "
+                f"to fit {budget_min:g} min")
+
+
+def steady_rate(lines: list[str], batch: int) -> float | None:
+    """Images/s between the first and the last progress line (the first iterations' start-up excluded).
+
+    main_clsa.py prints the cumulative rate since the epoch began at iteration i: (i+1)*batch images in t_i s.
+    """
+    points = [(int(i), float(r)) for i, r in (m.groups() for m in map(PROGRESS.search, lines) if m)]
+    points = [(i, (i + 1) * batch / r) for i, r in points if r > 0]
+    if len(points) < 2 or points[-1][1] <= points[0][1]:
+        return None
+    (i0, t0), (i1, t1) = points[0], points[-1]
+    return (i1 - i0) * batch / (t1 - t0)
+
+
+def epoch_seconds(images: int, knn_images: int, rate: float) -> float:
+    return images / rate + knn_images / (KNN_SPEEDUP * rate)
+
+
+def fit(rate: float, seconds: float, epochs: int, images: int, knn_images: int, batch: int) -> Plan:
+    """The largest run of whole epochs that fits `seconds` at `rate` images/s, in the order of the module doc."""
+    def images_for(e: int) -> int:
+        per_epoch = seconds / e - knn_images / (KNN_SPEEDUP * rate)
+        return int(max(per_epoch * rate, 0) // STEP * STEP)
+
+    if epochs * epoch_seconds(images, knn_images, rate) <= seconds:
+        return Plan(epochs, images, rate, False)
+    floor = min(FLOOR_IMAGES, images)
+    n = images_for(epochs)
+    if n >= floor:
+        return Plan(epochs, n, rate, True)
+    e = int(seconds // epoch_seconds(floor, knn_images, rate))
+    if e >= MIN_EPOCHS:
+        return Plan(min(e, epochs), floor, rate, True)
+    e = min(MIN_EPOCHS, epochs)
+    return Plan(e, max(images_for(e), min(images, 4 * batch)), rate, True)

@@ -1,0 +1,54 @@
+"""The demo's sizing rule: whole epochs that fit the budget at the measured speed (experiments/demo_sizing.py)."""
+
+import pytest
+
+from experiments.demo_sizing import FLOOR_IMAGES, MIN_EPOCHS, STEP, epoch_seconds, fit, steady_rate
+from ops.logging import AverageMeter, progress_line
+
+KNN = 7000  # the demo's monitor: 5000 bank + 2000 queries
+QUIET_LEFT = 900 - 110  # 15 min less data preparation, speed measurement, start-up and the evaluation reserve
+
+
+def test_quiet_machine_keeps_the_recipe():
+    plan = fit(400.0, QUIET_LEFT, 9, 30000, KNN, 128)
+    assert (plan.epochs, plan.images, plan.shortened) == (9, 30000, False)
+
+
+@pytest.mark.parametrize("rate,left", [(400.0, 190.0), (130.0, 790.0), (60.0, 790.0), (150.0, 300.0)])
+def test_slow_or_short_runs_shrink_to_whole_epochs_that_fit(rate, left):
+    plan = fit(rate, left, 9, 30000, KNN, 128)
+    assert plan.shortened and MIN_EPOCHS <= plan.epochs <= 9 and plan.images % STEP == 0
+    assert plan.epochs * epoch_seconds(plan.images, KNN, rate) <= left
+    if plan.images > FLOOR_IMAGES:  # images were cut first, at the asked epochs
+        assert plan.epochs == 9 and 9 * epoch_seconds(plan.images + STEP, KNN, rate) > left
+    elif plan.epochs > MIN_EPOCHS:  # then epochs, at the floor
+        assert plan.images == FLOOR_IMAGES and (plan.epochs + 1) * epoch_seconds(FLOOR_IMAGES, KNN, rate) > left
+
+
+def test_more_time_never_trains_less():
+    work = [fit(200.0, left, 9, 30000, KNN, 128) for left in range(60, 1500, 40)]
+    seen = [p.epochs * p.images for p in work]
+    assert seen == sorted(seen) and seen[-1] == 9 * 30000
+
+
+def test_hopeless_budget_still_plans_two_epochs_of_some_batches():
+    plan = fit(50.0, 5.0, 9, 30000, KNN, 128)
+    assert plan.shortened and plan.epochs == MIN_EPOCHS and plan.images == 4 * 128
+
+
+def test_steady_rate_skips_the_first_iterations():
+    batch, lines, t = 128, [], 0.0
+    meters = [AverageMeter("Loss", ":.4e")]
+    for i in range(41):
+        t += 5.0 if i == 0 else 0.32  # a slow first iteration (start-up), then 400 img/s
+        if i % 10 == 0:
+            rate = (i + 1) * batch / t
+            lines.append(progress_line("Epoch: [0]", i, 234, meters, f"img/s {rate:7.1f}\tETA 0:01:00"))
+    assert steady_rate(lines, batch) == pytest.approx(400.0, rel=0.01)
+    assert steady_rate(lines[:1], batch) is None and steady_rate(["unrelated"], batch) is None
+
+
+def test_plan_line_says_what_runs():
+    plan = fit(400.0, 120.0, 9, 30000, KNN, 128)
+    want = f"this machine: 400 img/s; training {plan.epochs} epochs on {plan.images} images to fit 5 min"
+    assert plan.line(5) == want
