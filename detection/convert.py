@@ -120,8 +120,8 @@ def write_pickle_atomic(payload: object, out_path: str) -> None:
 
 def check_bottleneck(encoder: Mapping[str, torch.Tensor], source: str) -> None:
     """Refuse a ResNet of basic blocks (resnet18/34): the C4 configs here build bottleneck stages only."""
-    if "layer1.0.conv3.weight" not in encoder:
-        raise ConversionError(f"{source}: a basic-block ResNet (resnet18/34, no 'layer1.0.conv3.weight'); the "
+    if not any(".conv3." in k or ".bn3." in k for k in encoder if k.startswith("layer")):
+        raise ConversionError(f"{source}: a basic-block ResNet (resnet18/34, no 'layer*.conv3' weights); the "
                               "detectron2 configs in detection/configs need a bottleneck ResNet (resnet50/101/152)")
 
 
