@@ -34,6 +34,7 @@ from ops.errors import UsageError, exit_usage
 
 PROG = "demo.py"
 CALIBRATION_ITERS = 40  # iterations of the speed measurement before the run is sized
+CALIBRATION_SHARE = 0.06  # ... or this share of the budget, whichever ends first
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,17 +193,19 @@ def size_run(args: argparse.Namespace, recipe: Recipe, folders: dict[str, str], 
     cal_dir = os.path.join(args.out, "calibrate")
     shutil.rmtree(cal_dir, ignore_errors=True)
     iters = 4 if args.smoke else CALIBRATION_ITERS
-    cal = dataclasses.replace(recipe, epochs=1, max_iters=iters, print_freq=1 if args.smoke else 10)
-    print(f"{PROG}: measuring this machine's speed over {iters} iterations", flush=True)
+    cal = dataclasses.replace(recipe, epochs=1, max_iters=iters, print_freq=1 if args.smoke else 2)
+    limit = max(CALIBRATION_SHARE * args.budget_min * 60, 20.0)  # a slow machine stops the measurement early
+    print(f"{PROG}: measuring this machine's speed over {iters} iterations (at most {limit:.0f} s)", flush=True)
     with open(os.path.join(args.out, "calibrate.log"), "w") as log:
-        pre = run_pretraining(cal.argv(folders["pretrain"], cal_dir), None, stdout=log)
+        pre = run_pretraining(cal.argv(folders["pretrain"], cal_dir), time.time() + limit, log=lambda _: None,
+                              stdout=log)
     with open(os.path.join(args.out, "calibrate.log")) as log:
         rate = steady_rate(log.read().splitlines(), recipe.batch_size)
     shutil.rmtree(cal_dir, ignore_errors=True)
-    if pre["returncode"] != 0 or rate is None:
+    if (pre["returncode"] != 0 and not pre["stopped_at_deadline"]) or rate is None:
         raise SystemExit(f"{PROG}: error: the speed measurement failed (main_clsa.py exited with "
                          f"{pre['returncode']}); see {args.out}/calibrate.log")
-    startup = max(pre["seconds"] - iters * recipe.batch_size / rate, 0.0)
+    startup = max(pre["seconds"] - (0 if pre["stopped_at_deadline"] else iters * recipe.batch_size / rate), 0.0)
     knn_images = (args.monitor_bank or args.bank) + (args.monitor_queries or 10000)
     eval_s = 15 + (2 * ((args.bank or 60000) + (args.queries or 10000)) + knn_images) / (KNN_SPEEDUP * rate)
     left = start + args.budget_min * 60 - time.time() - startup - eval_s

@@ -33,12 +33,15 @@ class Plan:
 
 
 def steady_rate(lines: list[str], batch: int) -> float | None:
-    """Images/s between the first and the last progress line (the first iterations' start-up excluded).
+    """Images/s between the first and the last progress line (the first iterations' start-up excluded); with one
+    line, its cumulative rate (start-up included: an underestimate); None without any.
 
     main_clsa.py prints the cumulative rate since the epoch began at iteration i: (i+1)*batch images in t_i s.
     """
     points = [(int(i), float(r)) for i, r in (m.groups() for m in map(PROGRESS.search, lines) if m)]
     points = [(i, (i + 1) * batch / r) for i, r in points if r > 0]
+    if len(points) == 1:
+        return (points[0][0] + 1) * batch / points[0][1]
     if len(points) < 2 or points[-1][1] <= points[0][1]:
         return None
     (i0, t0), (i1, t1) = points[0], points[-1]

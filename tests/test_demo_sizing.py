@@ -45,7 +45,9 @@ def test_steady_rate_skips_the_first_iterations():
             rate = (i + 1) * batch / t
             lines.append(progress_line("Epoch: [0]", i, 234, meters, f"img/s {rate:7.1f}\tETA 0:01:00"))
     assert steady_rate(lines, batch) == pytest.approx(400.0, rel=0.01)
-    assert steady_rate(lines[:1], batch) is None and steady_rate(["unrelated"], batch) is None
+    assert steady_rate(lines[:2], batch) == pytest.approx(400.0, rel=0.01)  # a measurement stopped early
+    assert steady_rate(lines[:1], batch) == pytest.approx(batch / 5.0)  # one line: start-up included
+    assert steady_rate(["unrelated"], batch) is None
 
 
 def test_plan_line_says_what_runs():
