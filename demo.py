@@ -107,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         exit_usage(PROG, err)
     os.makedirs(args.out, exist_ok=True)
-    asked_images = args.subset or 60000
     run_dir = os.path.join(args.out, "run")
     recipe = recipe_for(args)
     print(f"{PROG}: Fashion-MNIST from {source}; results in {args.out}/", flush=True)
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                "figures": curves + [grid], "tensorboard": run_dir, "threads": torch.get_num_threads(),
                "cpu_count": os.cpu_count(), "smoke": args.smoke,
                "plan": {**vars(plan), "budget_min": args.budget_min, "asked_epochs": asked[0],
-                        "asked_images": asked_images}}
+                        "asked_images": asked[1] or 60000}}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print_table(summary)

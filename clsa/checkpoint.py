@@ -28,20 +28,22 @@ from ops.errors import UsageError
 PREFIX = "module."
 
 
-def _numpy_rng_globals() -> list:
-    """The globals np.random.get_state() pickles to (numpy 2 and numpy 1 module names): the previous format."""
+def _numpy_rng_globals() -> list[tuple[Any, str]]:
+    """(object, pickled name) of each global np.random.get_state() pickles to, under numpy 2 and numpy 1 names:
+    exactly what a checkpoint of the previous format needs beyond plain data."""
     reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
-    return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), (reconstruct, "numpy._core.multiarray._reconstruct"),
-            (reconstruct, "numpy.core.multiarray._reconstruct")]
+    return [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype"),
+            (type(np.dtype(np.uint32)), "numpy.dtypes.UInt32DType"),
+            (reconstruct, "numpy._core.multiarray._reconstruct"), (reconstruct, "numpy.core.multiarray._reconstruct")]
 
 
 def _unsafe_globals(path: str) -> list[str]:
+    """The globals of `path` that weights-only loading refuses, beyond the numpy RNG allowance."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # noqa: BLE001 - a legacy or damaged file: nothing to name
         return []
-    allowed = {"numpy.ndarray", "numpy.dtype", "numpy._core.multiarray._reconstruct",
-               "numpy.core.multiarray._reconstruct", "numpy.dtypes.UInt32DType"}
+    allowed = {name for _, name in _numpy_rng_globals()}
     return [n for n in names if n not in allowed]
 
 

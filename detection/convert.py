@@ -51,9 +51,9 @@ def load_checkpoint(path: str, trust: bool = False) -> object:
     """Read ``path`` on the CPU, weights only (clsa.checkpoint.load_file: a file holding anything but tensors and
     plain Python values is refused unless ``trust``); ``.safetensors`` files too. Raises ConversionError."""
     try:
-        return load_file(path, "input", trust)
+        return load_file(path, "IN", trust)
     except UsageError as err:
-        raise ConversionError(str(err).removeprefix("input ")) from None
+        raise ConversionError(str(err)) from None
 
 
 def _is_resnet(state: Mapping[str, object]) -> bool:

@@ -38,14 +38,15 @@ def steady_rate(lines: list[str], batch: int) -> float | None:
 
     main_clsa.py prints the cumulative rate since the epoch began at iteration i: (i+1)*batch images in t_i s.
     """
-    points = [(int(i), float(r)) for i, r in (m.groups() for m in map(PROGRESS.search, lines) if m)]
-    points = [(i, (i + 1) * batch / r) for i, r in points if r > 0]
-    if len(points) == 1:
-        return (points[0][0] + 1) * batch / points[0][1]
-    if len(points) < 2 or points[-1][1] <= points[0][1]:
+    rates = [(int(i), float(r)) for i, r in (m.groups() for m in map(PROGRESS.search, lines) if m)]
+    rates = [(i, r) for i, r in rates if r > 0]
+    if len(rates) == 1:
+        return rates[0][1]
+    if not rates:
         return None
-    (i0, t0), (i1, t1) = points[0], points[-1]
-    return (i1 - i0) * batch / (t1 - t0)
+    (i0, r0), (i1, r1) = rates[0], rates[-1]
+    t0, t1 = (i0 + 1) * batch / r0, (i1 + 1) * batch / r1
+    return (i1 - i0) * batch / (t1 - t0) if t1 > t0 else None
 
 
 def epoch_seconds(images: int, knn_images: int, rate: float) -> float:
@@ -55,7 +56,7 @@ def epoch_seconds(images: int, knn_images: int, rate: float) -> float:
 def fit(rate: float, seconds: float, epochs: int, images: int, knn_images: int, batch: int) -> Plan:
     """The largest run of whole epochs that fits `seconds` at `rate` images/s, in the order of the module doc."""
     def images_for(e: int) -> int:
-        per_epoch = seconds / e - knn_images / (KNN_SPEEDUP * rate)
+        per_epoch = seconds / e - epoch_seconds(0, knn_images, rate)
         return int(max(per_epoch * rate, 0) // STEP * STEP)
 
     if epochs * epoch_seconds(images, knn_images, rate) <= seconds:
