@@ -26,7 +26,7 @@ import torch
 from clsa.checkpoint import load_checkpoint
 from experiments import fmnist_data
 from experiments.demo_report import knn_by_epoch, print_table, view_grid, write_figures
-from experiments.demo_sizing import KNN_SPEEDUP, Plan, fit, steady_rate
+from experiments.demo_sizing import EvalSizes, Plan, fit, fit_eval, steady_rate
 from experiments.pretrain_run import run_pretraining
 from experiments.probe import evaluate, load_encoder
 from experiments.recipe import Recipe
@@ -111,19 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     recipe = recipe_for(args)
     print(f"{PROG}: Fashion-MNIST from {source}; results in {args.out}/", flush=True)
     asked = [args.epochs, args.subset]
+    asked_eval = eval_sizes(args)
     saved = None if args.fresh else saved_plan(args)
     if saved is not None:
-        args.subset = saved[0].images
+        apply_sizes(args, saved[0].images, saved[2])
     folders, new_data = prepare_data(args, source)
     if os.path.isdir(run_dir) and (args.fresh or new_data):
         shutil.rmtree(run_dir)
     grid = view_grid(folders["pretrain"], recipe, os.path.join(args.out, "views.png"), args.seed)
     print(f"{PROG}: example views -> {grid}", flush=True)
 
-    plan, eval_s = size_run(args, recipe, folders, run_dir, start, asked, saved)
-    if plan.images != (args.subset or 60000):
-        args.subset = plan.images
-        folders, _ = prepare_data(args, source)
+    plan, eval_s, sizes = size_run(args, recipe, folders, run_dir, start, asked, asked_eval, saved)
+    apply_sizes(args, plan.images, sizes)
+    folders, _ = prepare_data(args, source)
     recipe.epochs = plan.epochs
     argv_pre = recipe.argv(folders["pretrain"], run_dir, folders["monitor"])
     print(f"{PROG}: pretraining: {' '.join(argv_pre[1:])}", flush=True)
@@ -158,27 +158,43 @@ def main(argv: list[str] | None = None) -> int:
                "figures": curves + [grid], "tensorboard": run_dir, "threads": torch.get_num_threads(),
                "cpu_count": os.cpu_count(), "smoke": args.smoke,
                "plan": {**vars(plan), "budget_min": args.budget_min, "asked_epochs": asked[0],
-                        "asked_images": asked[1] or 60000}}
+                        "asked_images": asked[1] or 60000, "eval": vars(sizes), "asked_eval": vars(asked_eval)}}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print_table(summary)
     return 0
 
 
-def saved_plan(args: argparse.Namespace) -> tuple[Plan, float] | None:
-    """The plan (and evaluation reserve) of an earlier run in <out> asked with the same --epochs and --subset."""
+def eval_sizes(args: argparse.Namespace) -> EvalSizes:
+    """The evaluation and monitor sizes the flags ask for (0 resolved to what it means)."""
+    bank, queries = args.bank or 60000, args.queries or 10000
+    return EvalSizes(bank, queries, min(args.monitor_bank or bank, bank), min(args.monitor_queries or queries, queries))
+
+
+def apply_sizes(args: argparse.Namespace, images: int, sizes: EvalSizes) -> None:
+    args.subset = images
+    args.bank, args.queries = sizes.bank, sizes.queries
+    args.monitor_bank, args.monitor_queries = sizes.monitor_bank, sizes.monitor_queries
+
+
+def saved_plan(args: argparse.Namespace) -> tuple[Plan, float, EvalSizes] | None:
+    """The plan, evaluation reserve and sizes of an earlier run in <out> asked with the same flags."""
     path = os.path.join(args.out, "plan.json")
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         saved = json.load(f)
-    return (Plan(**saved["plan"]), saved["eval_s"]) if saved["asked"] == [args.epochs, args.subset] else None
+    if saved["asked"] != [args.epochs, args.subset] or saved.get("asked_eval") != vars(eval_sizes(args)):
+        return None
+    return Plan(**saved["plan"]), saved["eval_s"], EvalSizes(**saved["eval"])
 
 
 def size_run(args: argparse.Namespace, recipe: Recipe, folders: dict[str, str], run_dir: str, start: float,
-             asked: list[int], saved: tuple[Plan, float] | None) -> tuple[Plan, float]:
-    """Measure this machine's speed in a few iterations and fit whole epochs into the budget (demo_sizing.fit);
-    an unfinished run in `run_dir` keeps the plan it started with. Returns (plan, seconds kept for evaluation)."""
+             asked: list[int], asked_eval: EvalSizes, saved: tuple[Plan, float, EvalSizes] | None
+             ) -> tuple[Plan, float, EvalSizes]:
+    """Measure this machine's speed in a few iterations, size the evaluation (demo_sizing.fit_eval), then fit whole
+    epochs into what is left (demo_sizing.fit); an unfinished run in `run_dir` keeps the plan it started with.
+    Returns (plan, seconds kept for evaluation, evaluation sizes)."""
     epochs = recipe.epochs
     if saved is not None and os.path.isdir(run_dir):
         recipe.epochs = saved[0].epochs
@@ -205,14 +221,18 @@ def size_run(args: argparse.Namespace, recipe: Recipe, folders: dict[str, str], 
         raise SystemExit(f"{PROG}: error: the speed measurement failed (main_clsa.py exited with "
                          f"{pre['returncode']}); see {args.out}/calibrate.log")
     startup = max(pre["seconds"] - (0 if pre["stopped_at_deadline"] else iters * recipe.batch_size / rate), 0.0)
-    knn_images = (args.monitor_bank or args.bank) + (args.monitor_queries or 10000)
-    eval_s = 15 + (2 * ((args.bank or 60000) + (args.queries or 10000)) + knn_images) / (KNN_SPEEDUP * rate)
+    sizes = fit_eval(rate, args.budget_min * 60, asked_eval)
+    eval_s = sizes.seconds(rate)
     left = start + args.budget_min * 60 - time.time() - startup - eval_s
-    plan = fit(rate, left, epochs, asked[1] or 60000, knn_images, recipe.batch_size)
+    plan = fit(rate, left, epochs, asked[1] or 60000, sizes.monitor_images, recipe.batch_size)
     print(f"{PROG}: {plan.line(args.budget_min)}", flush=True)
+    if sizes != asked_eval:
+        print(f"{PROG}: evaluating on {sizes.bank} bank / {sizes.queries} test images (kNN monitor "
+              f"{sizes.monitor_bank} / {sizes.monitor_queries}) to fit", flush=True)
     with open(os.path.join(args.out, "plan.json"), "w") as f:
-        json.dump({"plan": vars(plan), "asked": asked, "eval_s": eval_s}, f, indent=2)
-    return plan, eval_s
+        json.dump({"plan": vars(plan), "asked": asked, "asked_eval": vars(asked_eval), "eval_s": eval_s,
+                   "eval": vars(sizes)}, f, indent=2)
+    return plan, eval_s, sizes
 
 
 def reprint(path: str) -> int:

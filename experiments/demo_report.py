@@ -83,6 +83,11 @@ def print_table(summary: dict) -> None:
               f"{plan['asked_images']}")
     elif plan:
         print(f"this machine: {plan['img_per_s']:.0f} img/s; the whole recipe fits --budget_min {plan['budget_min']:g}")
+    if plan and plan.get("eval", plan.get("asked_eval")) != plan.get("asked_eval"):
+        got, want = plan["eval"], plan["asked_eval"]
+        print(f"evaluation shortened too: {got['bank']} bank / {got['queries']} test images (kNN monitor "
+              f"{got['monitor_bank']} / {got['monitor_queries']}) instead of {want['bank']} / {want['queries']} "
+              f"({want['monitor_bank']} / {want['monitor_queries']})")
     note = ""
     if min(d_knn, d_lin) > 1:
         verdict = "ahead of"

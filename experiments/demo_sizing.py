@@ -4,6 +4,10 @@ The demo measures its training speed r (images/s) in the first iterations, then 
 E * (N / r + c_kNN) <= the seconds left, where c_kNN is the per-epoch kNN monitor (forward passes only, costed at
 KNN_SPEEDUP images per training image). Preference: the full recipe; else fewer images at the same epochs down to
 FLOOR_IMAGES; else fewer epochs (never below MIN_EPOCHS, so the kNN curve has two points); else fewer images.
+
+The final evaluation (kNN + linear probe of two encoders: 2 x (bank + queries) forward passes) is sized first, by
+`fit_eval`: when it would take more than EVAL_SHARE of the budget, the bank, the queries and the per-epoch monitor
+shrink by one factor (never below EVAL_FLOOR / MONITOR_FLOOR images), so a slow machine still has time to train.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ KNN_SPEEDUP = 3.0  # a kNN image (one 32-px forward) costs about a third of a tr
 MIN_EPOCHS = 2
 FLOOR_IMAGES = 10000
 STEP = 500  # subsets are multiples of this (class-balanced carving, whole batches)
+EVAL_SHARE = 0.25  # the final evaluation's share of the budget at most ...
+EVAL_FIXED_S = 15.0  # ... counting its fixed cost (model builds, linear-probe fits)
+EVAL_FLOOR = 2000  # bank and queries never shrink below this
+MONITOR_FLOOR = 1000  # nor the monitor's bank and queries below this
 
 PROGRESS = re.compile(r"Epoch: \[\d+\]\[\s*(\d+)/\d+\].*img/s\s+([\d.]+)")
 
@@ -47,6 +55,39 @@ def steady_rate(lines: list[str], batch: int) -> float | None:
     (i0, r0), (i1, r1) = rates[0], rates[-1]
     t0, t1 = (i0 + 1) * batch / r0, (i1 + 1) * batch / r1
     return (i1 - i0) * batch / (t1 - t0) if t1 > t0 else None
+
+
+@dataclass
+class EvalSizes:
+    """Images of the final evaluation (`bank` train, `queries` test) and of the per-epoch kNN monitor."""
+    bank: int
+    queries: int
+    monitor_bank: int
+    monitor_queries: int
+
+    def seconds(self, rate: float) -> float:
+        """Final evaluation of two encoders (pretrained, random init) plus the random init's monitor point."""
+        passes = 2 * (self.bank + self.queries) + self.monitor_images
+        return EVAL_FIXED_S + passes / (KNN_SPEEDUP * rate)
+
+    @property
+    def monitor_images(self) -> int:
+        return self.monitor_bank + self.monitor_queries
+
+
+def fit_eval(rate: float, seconds: float, asked: EvalSizes) -> EvalSizes:
+    """`asked`, or all four sizes scaled by one factor (multiples of STEP, floors kept) so that the evaluation takes
+    at most EVAL_SHARE of `seconds` at `rate` training images/s."""
+    if asked.seconds(rate) <= EVAL_SHARE * seconds:
+        return asked
+    scale = max(EVAL_SHARE * seconds - EVAL_FIXED_S, 0.0) / (asked.seconds(rate) - EVAL_FIXED_S)
+
+    def shrink(n: int, floor: int) -> int:
+        return max(min(n, floor), int(n * scale) // STEP * STEP)
+
+    bank, queries = shrink(asked.bank, EVAL_FLOOR), shrink(asked.queries, EVAL_FLOOR)
+    return EvalSizes(bank, queries, min(shrink(asked.monitor_bank, MONITOR_FLOOR), bank),
+                     min(shrink(asked.monitor_queries, MONITOR_FLOOR), queries))
 
 
 def epoch_seconds(images: int, knn_images: int, rate: float) -> float:

@@ -2,7 +2,19 @@
 
 import pytest
 
-from experiments.demo_sizing import FLOOR_IMAGES, MIN_EPOCHS, STEP, epoch_seconds, fit, steady_rate
+from experiments.demo_sizing import (
+    EVAL_FLOOR,
+    EVAL_SHARE,
+    FLOOR_IMAGES,
+    MIN_EPOCHS,
+    MONITOR_FLOOR,
+    STEP,
+    EvalSizes,
+    epoch_seconds,
+    fit,
+    fit_eval,
+    steady_rate,
+)
 from ops.logging import AverageMeter, progress_line
 
 KNN = 7000  # the demo's monitor: 5000 bank + 2000 queries
@@ -54,3 +66,28 @@ def test_plan_line_says_what_runs():
     plan = fit(400.0, 120.0, 9, 30000, KNN, 128)
     want = f"this machine: 400 img/s; training {plan.epochs} epochs on {plan.images} images to fit 5 min"
     assert plan.line(5) == want
+
+
+ASKED = EvalSizes(bank=10000, queries=10000, monitor_bank=5000, monitor_queries=2000)
+
+
+def test_quiet_machine_keeps_the_evaluation_even_at_a_third_of_the_budget():
+    assert fit_eval(400.0, 300.0, ASKED) == ASKED
+    assert fit_eval(400.0, 900.0, ASKED) == ASKED
+
+
+@pytest.mark.parametrize("rate,budget", [(100.0, 300.0), (60.0, 900.0), (150.0, 300.0)])
+def test_slow_machines_evaluate_fewer_images_within_the_share(rate, budget):
+    got = fit_eval(rate, budget, ASKED)
+    assert got != ASKED and got.seconds(rate) <= EVAL_SHARE * budget
+    sizes = (got.bank, got.queries, got.monitor_bank, got.monitor_queries)
+    assert all(n % STEP == 0 for n in sizes) and got.monitor_bank <= got.bank and got.monitor_queries <= got.queries
+    assert got.bank == got.queries  # one factor for all: equal asks stay equal
+
+
+def test_hopeless_speed_keeps_the_floors():
+    got = fit_eval(5.0, 60.0, ASKED)
+    assert (got.bank, got.queries, got.monitor_bank, got.monitor_queries) == (
+        EVAL_FLOOR, EVAL_FLOOR, MONITOR_FLOOR, MONITOR_FLOOR)
+    tiny = EvalSizes(64, 40, 64, 40)  # the smoke sizes are below every floor and stay as asked
+    assert fit_eval(5.0, 60.0, tiny) == EvalSizes(64, 40, 64, 40)
