@@ -77,9 +77,8 @@ def fingerprint(work: str) -> dict:
         losses = [f"{k}={v}" for line in done.stdout.splitlines() if "Epoch: [" in line
                   for k, v in LOSS.findall(line)]
         ckpt = torch.load(os.path.join(run_dir, "checkpoint_last.pth.tar"), map_location="cpu", weights_only=True)
-        sums = {k: hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()
-                                  if t.dtype != torch.bool else t.numpy().tobytes()).hexdigest()[:16]
-                for k, t in tensors(ckpt) if t.numel()}
+        sums = {k: hashlib.sha256(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+                for k, t in tensors(ckpt) if t.numel() and t.dtype != torch.bool}
         out[name] = {"losses": losses, "tensors": sums, "epoch": int(ckpt["epoch"])}
         print(f"{name}: {len(losses) // 3} iterations, {len(sums)} tensors; first loss {losses[0]}", flush=True)
     return out
