@@ -23,12 +23,17 @@ import time
 
 import torch
 
-from clsa.checkpoint import load_checkpoint
 from experiments import fmnist_data
-from experiments.demo_report import knn_by_epoch, print_table, view_grid, write_figures
+from experiments.demo_report import print_table, view_grid, write_figures
 from experiments.demo_sizing import EvalSizes, Plan, fit, fit_eval, steady_rate
-from experiments.pretrain_run import run_pretraining
-from experiments.probe import evaluate, load_encoder
+from experiments.pretrain_run import (
+    CHECKPOINT,
+    checkpoint_epoch,
+    evaluate_encoder,
+    random_init_knn,
+    run_pretraining,
+    run_state,
+)
 from experiments.recipe import Recipe
 from ops.errors import UsageError, exit_usage
 
@@ -129,12 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{PROG}: pretraining: {' '.join(argv_pre[1:])}", flush=True)
     deadline = start + args.budget_min * 60 - (0 if args.smoke else eval_s)
     pre = run_pretraining(argv_pre, deadline)
-    ckpt = os.path.join(run_dir, "checkpoint_last.pth.tar")
+    ckpt = os.path.join(run_dir, CHECKPOINT)
     if pre["returncode"] not in (0, 75) and not pre["stopped_at_deadline"]:
         print(f"{PROG}: error: main_clsa.py exited with code {pre['returncode']}; see {run_dir}/train.log",
               file=sys.stderr)
         return 1
-    if not os.path.isfile(ckpt) or int(load_checkpoint(ckpt)["epoch"]) == 0:
+    if checkpoint_epoch(run_dir) == 0:
         print(f"{PROG}: error: pretraining finished no epoch within --budget_min {args.budget_min:g}, so there is "
               f"no pretrained encoder to report; rerun (it resumes) or raise --budget_min", file=sys.stderr)
         return 1
@@ -142,16 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{PROG}: evaluating the pretrained and the random-init encoder (kNN + linear probe)", flush=True)
     results = {}
     for name, path in (("clsa", ckpt), ("random_init", None)):
-        encoder = load_encoder(recipe.arch, path, seed=args.seed)
-        results[name] = evaluate(encoder, folders["eval"], recipe.knn_size, recipe.knn_k, recipe.knn_t)
+        results[name] = evaluate_encoder(recipe.arch, path, args.seed, folders["eval"], recipe.knn_size,
+                                         recipe.knn_k, recipe.knn_t)
         print(f"  {name}: kNN {results[name]['knn_top1']:.2f}  linear {results[name]['linear_top1']:.2f} "
               f"({results[name]['seconds']:.0f}s)", flush=True)
-    monitor_random = evaluate_knn_only(recipe, folders["monitor"], args.seed)
-    epochs_done = int(load_checkpoint(ckpt)["epoch"])
+    monitor_random = random_init_knn(recipe.arch, folders["monitor"], recipe.knn_size, recipe.knn_k, recipe.knn_t,
+                                     seed=args.seed)["top1"]
+    state = run_state(run_dir)
     curves = write_figures(run_dir, args.out, monitor_random)
-    summary = {"encoders": results, "arch": recipe.arch, "epochs": recipe.epochs, "epochs_done": epochs_done,
+    summary = {"encoders": results, "arch": recipe.arch, "epochs": recipe.epochs, "epochs_done": state["epochs_done"],
                "stopped_at_budget": pre["stopped_at_deadline"], "pretrain_images": args.subset or 60000,
-               "knn_monitor": {"by_epoch": knn_by_epoch(run_dir), "random_init": monitor_random,
+               "knn_monitor": {"by_epoch": state["knn_monitor"], "random_init": monitor_random,
                                "queries": args.monitor_queries, "bank": args.monitor_bank or args.bank},
                "pretrain_seconds": pre["seconds"], "wall_time_s": time.time() - start,
                "recipe": {k: v for k, v in vars(recipe).items()}, "command": " ".join(argv_pre[1:]),
@@ -246,22 +252,14 @@ def reprint(path: str) -> int:
 def resumable(run_dir: str, recipe: Recipe) -> bool:
     """True when `run_dir` holds an unfinished run of the same recipe (an interrupted demo continues there)."""
     path = os.path.join(run_dir, "args.json")
-    ckpt = os.path.join(run_dir, "checkpoint_last.pth.tar")
-    if not (os.path.isfile(path) and os.path.isfile(ckpt)):
+    if not (os.path.isfile(path) and os.path.isfile(os.path.join(run_dir, CHECKPOINT))):
         return False
     with open(path) as f:
         saved = json.load(f)
     wanted = recipe.argv("", "")
     same = all(str(saved.get(flag[2:])) == wanted[i + 1] for i, flag in enumerate(wanted)
                if flag in ("--epochs", "--batch_size", "--lr", "--moco_k", "--moco_m", "--alpha", "--seed"))
-    return same and int(load_checkpoint(ckpt)["epoch"]) < recipe.epochs
-
-
-def evaluate_knn_only(recipe: Recipe, folder: str, seed: int) -> float:
-    """kNN top-1 of the random-init encoder on the monitor's bank and queries (the reference line of the plot)."""
-    from clsa.knn import KNNMonitor
-    monitor = KNNMonitor(folder, "FashionMNIST", recipe.knn_size, recipe.knn_k, recipe.knn_t, log=lambda _: None)
-    return monitor.evaluate(load_encoder(recipe.arch, None, seed=seed))["top1"]
+    return same and checkpoint_epoch(run_dir) < recipe.epochs
 
 
 if __name__ == "__main__":

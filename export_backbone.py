@@ -20,8 +20,9 @@ import sys
 
 import torch
 
+from clsa.builder import backbone
 from clsa.checkpoint import atomic_save, atomic_write
-from clsa.pretrained import FC_KEYS, backbone, encoder_state, read_state_dict
+from clsa.pretrained import FC_KEYS, encoder_state, read_state_dict
 from ops.argparser import RESNET_ARCHS, add_trust_flag
 from ops.errors import UsageError, exit_usage
 

@@ -22,11 +22,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms as T
 
-from clsa.checkpoint import atomic_copy, atomic_save, load_checkpoint, load_prefixed_state_dict, prefixed_state_dict
-from clsa.checkpoint import rng_state as checkpoint_rng_state
-from clsa.distributed import barrier, broadcast_object
+from clsa.builder import backbone
+from clsa.checkpoint import best_acc_value, prefixed_state_dict, restore_run_state, save_run_state
+from clsa.distributed import broadcast_object
+from clsa.evaluation import eval_transform, shard_indices
 from clsa.faults import StopRequest
-from clsa.knn import KNNMonitor, shard_indices
+from clsa.knn import KNNMonitor
 from clsa.linear import (
     backbone_snapshot,
     changed_backbone_tensors,
@@ -36,14 +37,14 @@ from clsa.linear import (
     trainable_parameters,
     validate,
 )
-from clsa.pretrained import backbone, load_encoder_weights
-from data_processing.datasets import build_dataset
+from clsa.pretrained import load_encoder_weights
+from data_processing.datasets import build_dataset, labelled_splits
 from data_processing.transforms import normalize
 from ops.environment import seed_everything, seed_worker
 from ops.errors import UsageError, exit_usage
 from ops.launch import DistContext, launch
 from ops.lincls_argparser import check_lincls_args, parse_args
-from ops.logging import RunLogger, format_duration, timestamp, unique_run_dir
+from ops.runlog import RunLogger, format_duration, timestamp, unique_run_dir
 
 PROG = "lincls.py"
 
@@ -69,7 +70,7 @@ def remove_run_dir(run_dir: str) -> None:
 def transforms(args: argparse.Namespace) -> tuple[T.Compose, T.Compose]:
     """Train: RandomResizedCrop(train-crop) + flip; val: Resize(val-resize) + CenterCrop(val-crop); normalised."""
     train = T.Compose([T.RandomResizedCrop(args.train_crop), T.RandomHorizontalFlip(), normalize()])
-    val = T.Compose([T.Resize(args.val_resize), T.CenterCrop(args.val_crop), normalize()])
+    val = eval_transform(args.val_crop, args.val_resize)
     return train, val
 
 
@@ -100,28 +101,26 @@ def load_weights(model: torch.nn.Module, args: argparse.Namespace, logger: RunLo
     report = load_encoder_weights(model, args.pretrained, keep_fc=args.evaluate, trust=args.trust_checkpoint)
     if args.evaluate and not args.resume and not report.fc_loaded:
         raise UsageError(f"-e: --pretrained {args.pretrained!r} has no linear classifier for these classes; "
-                         f"evaluate a lincls.py checkpoint (checkpoint.pth.tar or model_best.pth.tar)")
+                         f"evaluate a lincls.py checkpoint (checkpoint_last.pth.tar or model_best.pth.tar)")
     logger.info(f"=> loaded pre-trained model '{args.pretrained}' ({report.describe()})")
 
 
 def resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, args: argparse.Namespace,
            logger: RunLogger) -> float:
     """Load a lincls.py checkpoint; returns its best Acc@1 and sets args.start_epoch."""
-    ckpt = load_checkpoint(args.resume, "--resume", trust=args.trust_checkpoint)
-    if any(".encoder_q." in k or k.startswith("encoder_q.") for k in ckpt["state_dict"]):
-        raise UsageError(f"--resume {args.resume!r} is a pretraining checkpoint; pass it as --pretrained")
+    def check(ckpt: dict) -> None:
+        if any(".encoder_q." in k or k.startswith("encoder_q.") for k in ckpt["state_dict"]):
+            raise UsageError(f"--resume {args.resume!r} is a pretraining checkpoint; pass it as --pretrained")
+
     try:
-        load_prefixed_state_dict(model, ckpt["state_dict"])
+        ckpt = restore_run_state(args.resume, model, optimizer, args.trust_checkpoint, check, restore_rng=False)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise UsageError(f"--resume {args.resume!r} does not fit --arch {args.arch} and these classes "
                          f"({first})") from None
-    if optimizer is not None and "optimizer" in ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
     args.start_epoch = int(ckpt.get("epoch", 0))
-    best = ckpt.get("best_acc1", 0.0)
     logger.info(f"=> loaded checkpoint '{args.resume}' (epoch {args.start_epoch})")
-    return float(best.item() if torch.is_tensor(best) else best)
+    return best_acc_value(ckpt)
 
 
 def val_loader(val_set: Dataset, batch: int, workers: int, ctx: DistContext) -> DataLoader:
@@ -136,8 +135,8 @@ def knn_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogger) ->
     model = backbone(args.arch)
     load_weights(model, args, logger)
     model.to(ctx.device)
-    monitor = KNNMonitor(args.data, args.dataset, args.val_crop, args.knn_k, args.knn_t, ctx, workers=workers,
-                         log=logger.info, resize=args.val_resize, batch_size=batch)
+    bank, queries = labelled_splits(args.dataset, args.data, eval_transform(args.val_crop, args.val_resize))
+    monitor = KNNMonitor(bank, queries, args.knn_k, args.knn_t, workers=workers, log=logger.info, batch_size=batch)
     res = monitor.evaluate(model)
     logger.info(f"kNN (k={args.knn_k}, t={args.knn_t}) on {res['queries']} val images, bank {res['bank']} train "
                 f"images, {res['classes']} classes, {format_duration(res['seconds'])}")
@@ -217,7 +216,7 @@ def linear_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogger,
         train = train_linear_epoch(model, loader_train, optimizer, epoch, ctx.device, args.print_freq, logger.info,
                                    stop)
         if train["stopped"]:  # preempted: keep the weights, redo this (short) epoch on --resume
-            path = save_linear(model, optimizer, args, ctx, run_dir, epoch, best_acc1, False)
+            path = save_linear(model, optimizer, args, run_dir, epoch, best_acc1, False)
             logger.info(f"{stop.name}: saved {path}; epoch {epoch} restarts with --resume {path}")
             raise SystemExit(stop.exit_code)
         res = validate(model, loader_val, ctx.device, args.print_freq, logger.info)
@@ -232,25 +231,19 @@ def linear_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogger,
                                           "best_acc1": best_acc1, "best_epoch": best_epoch,
                                           "images": res["images"], "mode": "linear", "arch": args.arch,
                                           "pretrained": args.pretrained})
-        save_linear(model, optimizer, args, ctx, run_dir, epoch + 1, best_acc1, is_best)
+        save_linear(model, optimizer, args, run_dir, epoch + 1, best_acc1, is_best)
     changed = changed_backbone_tensors(model, reference)
     if changed:
         raise RuntimeError(f"sanity check failed: {len(changed)} backbone tensors changed, e.g. {changed[:3]}")
     logger.info(f"=> sanity check passed: {len(reference)} backbone tensors (weights and BN statistics) unchanged")
 
 
-def save_linear(model, optimizer, args, ctx: DistContext, run_dir: str, epoch: int, best_acc1: float,
-                is_best: bool) -> str:
-    """Rank 0 writes checkpoint.pth.tar (epoch = the next epoch to run) and, when `is_best`, model_best.pth.tar."""
-    path = os.path.join(run_dir, "checkpoint.pth.tar")
-    if ctx.is_main:
-        state = {"epoch": epoch, "arch": args.arch, "state_dict": prefixed_state_dict(model), "best_acc1": best_acc1,
-                 "optimizer": optimizer.state_dict(), "args": vars(args).copy(), "rng": checkpoint_rng_state()}
-        atomic_save(state, path)
-        if is_best:
-            atomic_copy(path, os.path.join(run_dir, "model_best.pth.tar"))
-    barrier()
-    return path
+def save_linear(model, optimizer, args, run_dir: str, epoch: int, best_acc1: float, is_best: bool) -> str:
+    """Rank 0 writes checkpoint_last.pth.tar (epoch = the next epoch to run) and, when `is_best`, model_best.pth.tar.
+    `best_acc1` is stored under main_clsa.py's name, best_acc, and under the 2021 MoCo name other tools read."""
+    state = {"epoch": epoch, "arch": args.arch, "state_dict": prefixed_state_dict(model), "best_acc": best_acc1,
+             "best_acc1": best_acc1, "optimizer": optimizer.state_dict(), "args": vars(args).copy()}
+    return save_run_state(state, run_dir, epoch - 1, is_best)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,28 +20,27 @@ from torch.utils.data import DataLoader
 
 from clsa.builder import CLSA
 from clsa.checkpoint import (
+    LAST,
     auto_resume_path,
     best_acc_value,
     check_compatible,
-    load_checkpoint,
-    load_prefixed_state_dict,
     prefixed_state_dict,
-    rng_state,
-    save_epoch_checkpoints,
-    set_rng_state,
+    restore_run_state,
+    save_run_state,
 )
-from clsa.distributed import all_reduce_sum, barrier, broadcast_object, gather_objects
-from clsa.engine import NonFiniteLoss, train_one_epoch
+from clsa.distributed import all_reduce_sum, broadcast_object, gather_objects
+from clsa.engine import NonFiniteLoss, learning_rate, train_one_epoch
 from clsa.faults import EXIT_NONFINITE, StopRequest, agree
+from clsa.step import CLSAStep, MethodConfig
 from data_processing.datasets import build_dataset
-from data_processing.robust import EpochSampler, RobustViews
+from data_processing.sampling import EpochSampler, RobustViews
 from data_processing.transforms import MultiViewTransform, expand_crops
 from ops.argparser import parse_args
 from ops.environment import keep_freed_memory, loader_worker_init, seed_everything
 from ops.errors import UsageError, exit_usage
 from ops.launch import DistContext, launch
-from ops.logging import RunLogger, format_duration, timestamp, unique_run_dir
-from ops.validate import check_batch, check_pretrain_args
+from ops.runlog import RunLogger, format_duration, timestamp, unique_run_dir
+from ops.validate import check_batch, check_enough_images, check_pretrain_args
 
 PROG = "main_clsa.py"
 
@@ -61,7 +60,7 @@ def run_dir_for(args: argparse.Namespace) -> str:
 
 def build_loader(args: argparse.Namespace, ctx: DistContext, batch: int, transform: MultiViewTransform) -> DataLoader:
     dataset = RobustViews(build_dataset(args.dataset, args.data, "train", transform), args.seed, args.strict_data)
-    check_batch(args.batch_size, ctx.local_world_size, ctx.world_size, args.moco_k, len(dataset))
+    check_enough_images(len(dataset), batch * ctx.world_size)
     sampler = EpochSampler(dataset, ctx.world_size, ctx.rank, args.seed or 0, batch)
     workers = math.ceil(args.workers / ctx.local_world_size)
     generator = torch.Generator().manual_seed(args.seed + ctx.rank) if args.seed is not None else None
@@ -70,35 +69,23 @@ def build_loader(args: argparse.Namespace, ctx: DistContext, batch: int, transfo
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
 
 
-def resume(args: argparse.Namespace, model: CLSA, optimizer: torch.optim.Optimizer, ctx: DistContext) -> dict:
+def resume(args: argparse.Namespace, model: CLSA, optimizer: torch.optim.Optimizer) -> dict:
     """Load --resume (or the --resume auto choice) into model and optimizer; returns the position to continue."""
     path = auto_resume_path(args.run_dir) if args.resume == "auto" else args.resume
     if not path:
         return {"path": "", "epoch": args.start_epoch, "iteration": 0, "best_acc": float("-inf")}
-    ckpt = load_checkpoint(path, trust=args.trust_checkpoint)
-    check_compatible(ckpt, args, path)
-    load_prefixed_state_dict(model, ckpt["state_dict"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    rngs = ckpt.get("rng")
-    if isinstance(rngs, list) and len(rngs) == ctx.world_size:
-        set_rng_state(rngs[ctx.rank])
+    ckpt = restore_run_state(path, model, optimizer, args.trust_checkpoint,
+                             check=lambda c: check_compatible(c, args, path))
     return {"path": path, "epoch": int(ckpt["epoch"]), "iteration": int(ckpt.get("iteration", 0)),
             "best_acc": best_acc_value(ckpt)}
 
 
-def save(model, optimizer, args, ctx, run_dir, epoch, iteration, best_acc, is_best=False) -> str:
-    """Gather every process's RNG state, then rank 0 writes. `epoch`/`iteration`: where to continue."""
-    rngs = gather_objects(rng_state())
-    path = ""
-    if ctx.is_main:
-        state = {"epoch": epoch, "iteration": iteration, "arch": args.arch, "state_dict": prefixed_state_dict(model),
-                 "optimizer": optimizer.state_dict(), "best_acc": best_acc, "args": vars(args).copy(),
-                 "scaler": None, "rng": rngs}
-        done = epoch - 1 if iteration == 0 else epoch  # the 0-based epoch the periodic copies are named after
-        path = save_epoch_checkpoints(state, run_dir, done, is_best and iteration == 0,
-                                      args.save_freq if iteration == 0 else 0)
-    barrier()  # nobody exits before rank 0's file is complete
-    return path
+def save(model, optimizer, args, run_dir, epoch, iteration, best_acc, is_best=False) -> str:
+    """Every process calls; rank 0 writes. `epoch`/`iteration`: where to continue."""
+    state = {"epoch": epoch, "iteration": iteration, "arch": args.arch, "state_dict": prefixed_state_dict(model),
+             "optimizer": optimizer.state_dict(), "best_acc": best_acc, "args": vars(args).copy(), "scaler": None}
+    done = epoch - 1 if iteration == 0 else epoch  # the 0-based epoch the periodic copies are named after
+    return save_run_state(state, run_dir, done, is_best and iteration == 0, args.save_freq if iteration == 0 else 0)
 
 
 def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
@@ -108,14 +95,14 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
     seed_everything(args.seed, ctx.rank, deterministic=args.seed is not None)
     batch = args.batch_size // ctx.local_world_size  # checked in main() (launch's check)
     crops = expand_crops(args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops)
-    pick_strong = args.pick_strong if args.alpha != 0 else []  # alpha 0: MoCo v2, no strong views computed
-    transform = MultiViewTransform(crops, args.pick_weak, pick_strong, args.aug_times)
+    method = MethodConfig.from_args(args)
+    transform = MultiViewTransform(crops, list(method.pick_weak), list(method.pick_strong), args.aug_times)
     loader = build_loader(args, ctx, batch, transform)
     model = CLSA(args.arch, args.moco_dim, args.moco_k, args.moco_m, bool(args.mlp), bool(args.sym),
                  args.channels_last).to(ctx.device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], args.lr,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
-    pos = resume(args, model, optimizer, ctx)
+    pos = resume(args, model, optimizer)
 
     run_dir = broadcast_object(run_dir_for(args) if ctx.is_main else None)
     logger = RunLogger(run_dir, ctx.is_main)
@@ -136,29 +123,34 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
         model = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     logger.write_json("args.json", vars(args))
     try:
-        train(model, optimizer, loader, transform, args, ctx, logger, run_dir, pos, stop)
+        train(model, optimizer, loader, CLSAStep(method), args, ctx, logger, run_dir, pos, stop)
     finally:
         logger.close()
 
 
-def train(model, optimizer, loader, transform, args, ctx, logger, run_dir, pos, stop) -> None:
+def train(model, optimizer, loader, step, args, ctx, logger, run_dir, pos, stop) -> None:
     knn_monitor = _knn_monitor(args, ctx, logger)
+
+    def lr_at(epoch: float, iteration: int) -> float:
+        return learning_rate(args.lr, epoch, args.epochs, args.cos, iteration, args.warmup_iters)
+
     best_acc, start_iter = pos["best_acc"], pos["iteration"]
     for epoch in range(pos["epoch"], args.epochs):
         loader.sampler.set_epoch(epoch)
         loader.sampler.start_batch = start_iter
         try:
-            summary = train_one_epoch(model, loader, optimizer, None, epoch, ctx, args, logger, transform.num_weak,
-                                      loader.sampler.batches_per_epoch(), start_iter, stop)
+            summary = train_one_epoch(model, loader, optimizer, step, lr_at, epoch, ctx,
+                                      logger, loader.sampler.batches_per_epoch(), start_iter, stop,
+                                      args.max_iters, args.print_freq, args.skip_nonfinite)
         except NonFiniteLoss as err:
-            last = os.path.join(run_dir, "checkpoint_last.pth.tar")
+            last = os.path.join(run_dir, LAST)
             logger.info(f"{PROG}: error: {err}; the last good checkpoint is {last if os.path.exists(last) else 'none'}"
                         "; lower --lr, or pass --skip_nonfinite to skip such steps")
             raise SystemExit(EXIT_NONFINITE) from None
         start_iter = 0
         _report_skipped(summary["skipped_files"], epoch, logger)
         if summary["stopped_at"] is not None:
-            path = save(model, optimizer, args, ctx, run_dir, epoch, summary["stopped_at"], best_acc)
+            path = save(model, optimizer, args, run_dir, epoch, summary["stopped_at"], best_acc)
             logger.info(f"{stop.name}: saved {path} at epoch {epoch} iteration {summary['stopped_at']}; "
                         f"continue with --resume {path} (or --resume auto --run_dir {run_dir})")
             raise SystemExit(stop.exit_code)
@@ -175,7 +167,7 @@ def train(model, optimizer, loader, transform, args, ctx, logger, run_dir, pos, 
             msg += f", kNN top-1 {scalars['knn/top1']:.2f}"
         logger.info(msg)
         logger.scalars(scalars, epoch)
-        path = save(model, optimizer, args, ctx, run_dir, epoch + 1, 0, best_acc, is_best)
+        path = save(model, optimizer, args, run_dir, epoch + 1, 0, best_acc, is_best)
         logger.info(f"saved {path}")
         if agree(stop.signum is not None, True, ctx.device)[0]:
             logger.info(f"{stop.name}: stopping after epoch {epoch}; continue with --resume {path}")
@@ -197,9 +189,12 @@ def _knn_monitor(args: argparse.Namespace, ctx: DistContext, logger: RunLogger):
     """A callable(model) -> kNN top-1 on --knn_data, or None when no monitor is asked for."""
     if not args.knn_data:
         return None
+    from clsa.evaluation import eval_transform
     from clsa.knn import KNNMonitor
-    return KNNMonitor(args.knn_data, args.dataset, args.knn_size or args.size_crops[0], args.knn_k, args.knn_t,
-                      ctx, workers=math.ceil(args.workers / ctx.local_world_size), log=logger.info)
+    from data_processing.datasets import labelled_splits
+    bank, queries = labelled_splits(args.dataset, args.knn_data, eval_transform(args.knn_size or args.size_crops[0]))
+    return KNNMonitor(bank, queries, args.knn_k, args.knn_t, workers=math.ceil(args.workers / ctx.local_world_size),
+                      log=logger.info)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -209,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as err:
         exit_usage(PROG, err)
     launch(main_worker, args, PROG,
-           check=lambda nproc, world: check_batch(args.batch_size, nproc, world, args.moco_k, None))
+           check=lambda nproc, world: check_batch(args.batch_size, nproc, world, args.moco_k))
 
 
 if __name__ == "__main__":

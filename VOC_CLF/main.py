@@ -29,13 +29,17 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
+from clsa.builder import backbone  # noqa: E402
 from clsa.checkpoint import atomic_save  # noqa: E402
-from clsa.pretrained import backbone, load_encoder_weights  # noqa: E402
+from clsa.evaluation import eval_transform, extract_features  # noqa: E402
+from clsa.linear import init_head, linear_lr  # noqa: E402
+from clsa.pretrained import load_encoder_weights  # noqa: E402
 from data_processing.transforms import normalize  # noqa: E402
 from ops.argparser import RESNET_ARCHS, add_trust_flag  # noqa: E402
 from ops.environment import use_cuda  # noqa: E402
 from ops.errors import UsageError, exit_usage  # noqa: E402
-from ops.logging import RunLogger, format_duration  # noqa: E402
+from ops.runlog import RunLogger, format_duration  # noqa: E402
+from ops.validate import check_arch  # noqa: E402
 from VOC_CLF.svm import DEFAULT_COSTS, svm_scores  # noqa: E402
 from VOC_CLF.voc import (  # noqa: E402
     VOC_CLASSES,
@@ -87,8 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     if not args.data:
         raise UsageError("--data is required: the folder holding VOCdevkit/VOC2007")
-    if args.arch not in RESNET_ARCHS:
-        raise UsageError(f"--arch {args.arch!r} is not supported; choose one of: {', '.join(RESNET_ARCHS)}")
+    check_arch(args.arch)
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
                         ("--image-size", args.image_size), ("--print-freq", args.print_freq),
                         ("--svm-folds", args.svm_folds)):
@@ -106,7 +109,7 @@ def transforms(size: int) -> tuple[T.Compose, T.Compose]:
     train = T.Compose([T.Resize((size, size)),
                        T.RandomChoice([T.ColorJitter(brightness=(0.8, 1.2)), T.RandomGrayscale(p=0.25)]),
                        T.RandomHorizontalFlip(p=0.25), T.RandomRotation(25), normalize()])
-    test = T.Compose([T.Resize(round(size * 1.1)), T.CenterCrop(size), normalize()])
+    test = eval_transform(size, round(size * 1.1))
     return train, test
 
 
@@ -125,13 +128,11 @@ def build_trunk(args: argparse.Namespace, device: torch.device, log) -> tuple[nn
     return trunk.to(device).eval(), dim
 
 
-@torch.no_grad()
-def extract(trunk: nn.Module, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    feats, labels = [], []
-    for images, target in loader:
-        feats.append(trunk(images.to(device)).float().cpu())
-        labels.append(target)
-    return torch.cat(feats), torch.cat(labels)
+def extract(trunk: nn.Module, dataset: VOC2007Classification, args: argparse.Namespace
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pooled features, not normalised; 20 labels in {-1, 0, 1}) of every image of `dataset`, on the CPU."""
+    feats, labels = extract_features(trunk, dataset, args.batch_size, args.workers, l2_normalize=False)
+    return feats.cpu(), labels.cpu()
 
 
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -144,11 +145,13 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def train_head(head: nn.Linear, trunk: nn.Module | None, loader: DataLoader, args: argparse.Namespace,
                device: torch.device, log) -> list[float]:
-    """SGD on the head; `trunk` None means the loader yields cached features. Returns the epoch losses."""
+    """SGD with momentum on the multi-label head (`masked_bce`), cosine lr from --lr to 0 over the epochs
+    (`clsa.linear.linear_lr`, the schedule of lincls.py's single-label head). `trunk` None means the loader yields
+    cached features. Returns the epoch losses."""
     optimizer = torch.optim.SGD(head.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     losses = []
     for epoch in range(args.epochs):
-        lr = args.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / args.epochs))
+        lr = linear_lr(args.lr, 0.0, epoch, args.epochs, 1, ())
         for group in optimizer.param_groups:
             group["lr"] = lr
         start, total, count = time.time(), 0.0, 0
@@ -209,12 +212,12 @@ def run(args: argparse.Namespace) -> dict:
     trunk, dim = build_trunk(args, device, log)
     kw = {"batch_size": args.batch_size, "num_workers": args.workers, "pin_memory": device.type == "cuda"}
     start = time.time()
-    test_x, test_y = extract(trunk, DataLoader(test, shuffle=False, **kw), device)
+    test_x, test_y = extract(trunk, test, args)
     result: dict = {"mode": "svm" if args.svm else "linear", "arch": args.arch, "pretrained": args.pretrained,
                     "trainval_images": len(trainval), "test_images": len(test), "image_size": args.image_size}
     if args.svm or args.cache_features:
         trainval.transform = test_tf
-        train_x, train_y = extract(trunk, DataLoader(trainval, shuffle=False, **kw), device)
+        train_x, train_y = extract(trunk, trainval, args)
         log(f"features extracted ({dim}-d) in {format_duration(time.time() - start)}")
     if args.svm:
         scores, costs = svm_scores(F.normalize(train_x, dim=1).numpy(), train_y.numpy(),
@@ -222,9 +225,7 @@ def run(args: argparse.Namespace) -> dict:
                                    VOC_CLASSES)
         result["svm_costs"] = dict(zip(VOC_CLASSES, costs, strict=True))
     else:
-        head = nn.Linear(dim, len(VOC_CLASSES)).to(device)
-        nn.init.normal_(head.weight, mean=0.0, std=0.01)
-        nn.init.zeros_(head.bias)
+        head = init_head(nn.Linear(dim, len(VOC_CLASSES)).to(device))
         if args.cache_features:
             loader = DataLoader(TensorDataset(train_x, train_y), batch_size=args.batch_size, shuffle=True)
             result["train_loss"] = train_head(head, None, loader, args, device, log)

@@ -3,7 +3,7 @@
 
 Modes (all built in one process and timed step by step in turn, so background load hits them alike):
   baseline            benchmarks/baseline_step.py: fp32, NCHW, per-pair loss loop with log(softmax)
-  default             clsa.builder.CLSA + clsa.engine.clsa_step_loss, no flags
+  default             clsa.builder.CLSA + clsa.step.CLSAStep, no flags
   amp                 --amp (bf16 autocast; the loss in fp32)
   channels_last       --channels_last
   amp+channels_last   both
@@ -128,7 +128,7 @@ class Runner:
 
         from benchmarks.baseline_step import BaselineCLSA
         from clsa.builder import CLSA
-        from clsa.engine import clsa_step_loss
+        from clsa.step import CLSAStep, MethodConfig
         self.mode, self.device, self.views, self.num_weak = mode, torch.device(args.device), views, num_weak
         amp, cl = "amp" in mode, "channels_last" in mode
         torch.manual_seed(args.seed)
@@ -141,8 +141,8 @@ class Runner:
             self.model.encoder_k = torch.compile(self.model.encoder_k)
         self.opt = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad], 0.03, momentum=0.9,
                                    weight_decay=1e-4)
-        self.ns = argparse.Namespace(moco_t=0.2, clsa_t=0.2, alpha=1.0, sym=0)
-        self.amp, self._loss_fn = amp, clsa_step_loss
+        picks = tuple(range(num_weak))
+        self.clsa_step = CLSAStep(MethodConfig(0.2, 0.2, 1.0, False, picks, (0,) * (len(views) - 1 - num_weak), amp))
         self.losses: list[float] = []
         self.times: list[float] = []
 
@@ -152,12 +152,9 @@ class Runner:
         if self.mode == "baseline":
             loss = self.model.step(self.views, self.num_weak, self.opt)
         else:
-            out, _, keys = self._loss_fn(self.model, self.views, self.num_weak, 0, self.ns, self.amp)
-            self.opt.zero_grad(set_to_none=True)
-            out.backward()
-            self.opt.step()
-            self.model.dequeue_and_enqueue(keys)
-            loss = float(out.item())
+            out = self.clsa_step.loss(self.model, self.views, 0)
+            self.clsa_step.update(self.model, self.opt, out)
+            loss = float(out.loss.item())
         _sync(self.device)
         if timed:
             self.times.append(time.perf_counter() - t0)

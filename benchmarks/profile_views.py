@@ -36,7 +36,7 @@ def ops_table(size: int, photos: list, calls: int) -> list[tuple[str, float, flo
     from torchvision import transforms as T
     from torchvision.transforms import functional as F
 
-    from data_processing import fast_ops as ops
+    from data_processing import fast_ops
     from data_processing import fast_views as fv
     from data_processing.randaugment import RandAugment
     crop_tv = T.RandomResizedCrop(size, scale=(0.2, 1.0))
@@ -51,13 +51,13 @@ def ops_table(size: int, photos: list, calls: int) -> list[tuple[str, float, flo
     rows = [
         ("random resized crop", (crop_tv, photos), (crop_fast, photos)),
         ("colour jitter (all four)", (jitter_tv, pils), (jitter_fast, arrs)),
-        ("  brightness", (lambda x: F.adjust_brightness(x, 1.2), pils), (lambda x: ops.brightness(x, 1.2), arrs)),
-        ("  contrast", (lambda x: F.adjust_contrast(x, 1.2), pils), (lambda x: ops.contrast(x, 1.2), arrs)),
-        ("  saturation", (lambda x: F.adjust_saturation(x, 1.2), pils), (lambda x: ops.saturation(x, 1.2), arrs)),
-        ("  hue", (lambda x: F.adjust_hue(x, 0.05), pils), (lambda x: ops.hue(x, 0.05), arrs)),
-        ("grayscale", (lambda x: F.rgb_to_grayscale(x, 3), pils), (ops.grayscale, arrs)),
+        ("  brightness", (lambda x: F.adjust_brightness(x, 1.2), pils), (lambda x: fast_ops.brightness(x, 1.2), arrs)),
+        ("  contrast", (lambda x: F.adjust_contrast(x, 1.2), pils), (lambda x: fast_ops.contrast(x, 1.2), arrs)),
+        ("  saturation", (lambda x: F.adjust_saturation(x, 1.2), pils), (lambda x: fast_ops.saturation(x, 1.2), arrs)),
+        ("  hue", (lambda x: F.adjust_hue(x, 0.05), pils), (lambda x: fast_ops.hue(x, 0.05), arrs)),
+        ("grayscale", (lambda x: F.rgb_to_grayscale(x, 3), pils), (fast_ops.grayscale, arrs)),
         ("gaussian blur", (lambda x: x.filter(ImageFilter.GaussianBlur(random.uniform(0.1, 2.0))), pils),
-         (lambda x: ops.gaussian_blur(x, random.uniform(0.1, 2.0)), arrs)),
+         (lambda x: fast_ops.gaussian_blur(x, random.uniform(0.1, 2.0)), arrs)),
         ("horizontal flip", (F.hflip, pils), (lambda x: x[:, ::-1], arrs)),
         ("RandAugment(5, 10)", (ra, pils), (ra, arrs)),
         ("ToTensor + Normalize", (norm_tv, pils), (norm_fast, arrs)),

@@ -15,11 +15,21 @@ import torch.nn.functional as F
 import torchvision
 
 from clsa.distributed import broadcast_tensor, concat_all_gather, get_rank, get_world_size
+from ops.errors import UsageError
+
+
+def backbone(arch: str, num_classes: int = 1000) -> nn.Module:
+    """torchvision `arch` with randomly initialised weights (nothing is downloaded): the one model factory, for
+    pretraining (`build_encoder`) and every evaluation."""
+    try:
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    except ValueError:
+        raise UsageError(f"--arch {arch!r} is not a torchvision model") from None
 
 
 def build_encoder(arch: str, dim: int, mlp: bool) -> nn.Module:
-    """torchvision `arch` with num_classes=dim; with mlp the head is fc = Linear(c, c) -> ReLU -> Linear(c, dim)."""
-    encoder = torchvision.models.get_model(arch, weights=None, num_classes=dim)
+    """`backbone(arch, dim)`; with mlp the head is fc = Linear(c, c) -> ReLU -> Linear(c, dim)."""
+    encoder = backbone(arch, dim)
     if mlp:
         c = encoder.fc.weight.shape[1]
         encoder.fc = nn.Sequential(nn.Linear(c, c), nn.ReLU(), encoder.fc)

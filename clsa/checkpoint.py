@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from clsa.distributed import barrier, gather_objects, get_rank, get_world_size, is_main_process, unwrap
 from ops.argparser import TRUST_FLAG
 from ops.errors import UsageError
 
@@ -79,11 +80,6 @@ def load_file(path: str, flag: str, trust: bool = False) -> Any:
                          f"need, or pass {TRUST_FLAG} if you trust the file's source") from None
     except Exception as err:  # noqa: BLE001 - any other failure means "not a checkpoint"
         raise UsageError(f"{flag} {path!r} is not a readable checkpoint ({type(err).__name__}: {err})") from None
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel (or the model itself)."""
-    return model.module if hasattr(model, "module") else model
 
 
 def prefixed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -157,16 +153,48 @@ def atomic_copy(src: str, dst: str) -> None:
         atomic_write(dst, lambda out: shutil.copyfileobj(f, out, 1 << 24))
 
 
+LAST = "checkpoint_last.pth.tar"  # both trainers' latest state (lincls.py wrote checkpoint.pth.tar before)
+BEST = "model_best.pth.tar"
+
+
 def save_epoch_checkpoints(state: dict[str, Any], run_dir: str, epoch: int, is_best: bool, save_freq: int) -> str:
     """Write checkpoint_last (always), checkpoint_{epoch:04d} (every `save_freq`-th epoch, as the 2021 code's
     epoch % 10 == 9) and model_best (when `is_best`). `epoch` is the 0-based epoch just finished."""
-    last = os.path.join(run_dir, "checkpoint_last.pth.tar")
+    last = os.path.join(run_dir, LAST)
     atomic_save(state, last)
     if save_freq > 0 and epoch % save_freq == save_freq - 1:
         atomic_copy(last, os.path.join(run_dir, f"checkpoint_{epoch:04d}.pth.tar"))
     if is_best:
-        atomic_copy(last, os.path.join(run_dir, "model_best.pth.tar"))
+        atomic_copy(last, os.path.join(run_dir, BEST))
     return last
+
+
+def save_run_state(state: dict[str, Any], run_dir: str, done_epoch: int, is_best: bool = False, save_freq: int = 0
+                   ) -> str:
+    """Called by every process: adds each process's RNG state (`rng`, in rank order), rank 0 writes the files of
+    save_epoch_checkpoints, and nobody returns before they are complete. Returns checkpoint_last's path."""
+    state = dict(state, rng=gather_objects(rng_state()))
+    if is_main_process():
+        save_epoch_checkpoints(state, run_dir, done_epoch, is_best, save_freq)
+    barrier()
+    return os.path.join(run_dir, LAST)
+
+
+def restore_run_state(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None, trust: bool = False,
+                      check: Callable[[dict[str, Any]], None] | None = None, restore_rng: bool = True
+                      ) -> dict[str, Any]:
+    """Load a trainer's checkpoint (--resume) into `model` and `optimizer` after `check(ckpt)` accepts it; with
+    `restore_rng`, this process gets back its own RNG state when the run had as many processes. Returns it."""
+    ckpt = load_checkpoint(path, "--resume", trust)
+    if check is not None:
+        check(ckpt)
+    load_prefixed_state_dict(model, ckpt["state_dict"])
+    if optimizer is not None and "optimizer" in ckpt:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    rngs = ckpt.get("rng")
+    if restore_rng and isinstance(rngs, list) and len(rngs) == get_world_size():
+        set_rng_state(rngs[get_rank()])
+    return ckpt
 
 
 def load_checkpoint(path: str, flag: str = "--resume", trust: bool = False) -> dict[str, Any]:
@@ -178,8 +206,8 @@ def load_checkpoint(path: str, flag: str = "--resume", trust: bool = False) -> d
 
 
 def best_acc_value(ckpt: dict[str, Any]) -> float:
-    """best_acc as a float (the 2021 code saved a CUDA tensor)."""
-    value = ckpt.get("best_acc", 0.0)
+    """best_acc (best_acc1 in lincls.py's older files) as a float (the 2021 code saved a CUDA tensor)."""
+    value = ckpt.get("best_acc", ckpt.get("best_acc1", 0.0))
     return float(value.item() if torch.is_tensor(value) else value)
 
 
@@ -205,5 +233,5 @@ def check_compatible(ckpt: dict[str, Any], args: Any, path: str) -> None:
 
 def auto_resume_path(run_dir: str) -> str:
     """The newest complete checkpoint in `run_dir` ('' when there is none)."""
-    last = os.path.join(run_dir, "checkpoint_last.pth.tar")
+    last = os.path.join(run_dir, LAST)
     return last if os.path.isfile(last) else ""

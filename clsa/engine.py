@@ -1,21 +1,19 @@
-"""One pretraining epoch and the per-epoch learning-rate schedule."""
+"""The pretraining loop: one epoch of CLSAStep iterations (clsa/step.py), with the learning-rate schedule, progress
+lines and TensorBoard scalars, the non-finite check and the stop agreement between processes."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
 
-from clsa.checkpoint import unwrap
 from clsa.faults import StopRequest, agree
-from clsa.losses import clsa_loss
+from clsa.step import CLSAStep
 from ops.launch import DistContext
-from ops.logging import AverageMeter, RunLogger, format_duration, progress_line
+from ops.runlog import AverageMeter, RunLogger, format_duration, progress_line
 
 
 def learning_rate(base_lr: float, epoch: float, epochs: int, cos: int, step: int = 0, warmup_iters: int = 0
@@ -44,48 +42,16 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CPU and CUDA when `enabled`."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def split_views(views: list[torch.Tensor], num_weak: int
-                ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """[key, weak..., strong...] -> (key, weak, strong)."""
-    return views[0], list(views[1:1 + num_weak]), list(views[1 + num_weak:])
-
-
-def clsa_step_loss(model: nn.Module, views: list[torch.Tensor], num_weak: int, offset: int,
-                   args: argparse.Namespace, amp: bool) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-    """Forward all views, build the CLSA objective (both passes with --sym 1). Returns (loss, stats, keys to
-    enqueue)."""
-    key, weak, strong = split_views(views, num_weak)
-    with autocast(key.device, amp):
-        out = model(key, weak, strong)
-    # No copy: the queue is only overwritten (dequeue_and_enqueue) after backward has used it.
-    queue = unwrap(model).queue.detach()
-    loss, stats = clsa_loss(out.weak, out.strong, out.keys, queue, offset, args.moco_t, args.clsa_t, args.alpha)
-    if not args.sym:
-        return loss, stats, out.keys
-    # Pass 2: the other weak queries and the key-view query against k2 = encoder_k(weak view 0).
-    loss2, stats2 = clsa_loss(out.weak[1:] + [out.key_query], out.strong, out.keys2, queue, offset,
-                              args.moco_t, args.clsa_t, args.alpha)
-    for name in ("infonce", "ddm", "n_infonce", "n_ddm"):
-        stats[name] += stats2[name]
-    return loss + loss2, stats, out.keys2
-
-
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf; the run stops before the bad step touches the weights."""
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler | None, epoch: int, ctx: DistContext, args: argparse.Namespace,
-                    logger: RunLogger, num_weak: int, steps_per_epoch: int, start_iter: int = 0,
-                    stop: StopRequest | None = None) -> dict:
-    """Train one epoch from batch `start_iter`. Returns the epoch means (loss, infonce, ddm, acc1, acc5,
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, step: CLSAStep,
+                    lr_at: Callable[[float, int], float], epoch: int, ctx: DistContext, logger: RunLogger,
+                    steps_per_epoch: int, start_iter: int = 0, stop: StopRequest | None = None, max_iters: int = 0,
+                    print_freq: int = 10, skip_nonfinite: bool = False) -> dict:
+    """Train one epoch from batch `start_iter`; `lr_at(fractional epoch, global iteration)` sets the lr of each
+    iteration, `max_iters` > 0 ends the epoch early. Returns the epoch means (loss, infonce, ddm, acc1, acc5,
     img_per_s, seconds), `stopped_at` (the next batch index when a stop signal ended the epoch early, else None)
     and `skipped_files` (unreadable images this process replaced)."""
     meters = {k: AverageMeter(n, f) for k, n, f in (
@@ -93,7 +59,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         ("infonce", "InfoNCE", ":.4e"), ("ddm", "DDM", ":.4e"), ("acc1", "Acc@1", ":6.2f"),
         ("acc5", "Acc@5", ":6.2f"))}
     model.train()
-    n_iters = min(steps_per_epoch, args.max_iters) if args.max_iters else steps_per_epoch
+    n_iters = min(steps_per_epoch, max_iters) if max_iters else steps_per_epoch
     start = end = time.time()
     images, skipped_files, stopped_at = 0, [], None
     for i, (views, _, skipped) in enumerate(loader, start=start_iter):
@@ -105,26 +71,19 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             logger.info(f"warning: skipped unreadable image {name}")
         views = [v.to(ctx.device, non_blocking=True) for v in views]
         n = views[0].shape[0]
-        set_learning_rate(optimizer, learning_rate(args.lr, epoch + i / steps_per_epoch, args.epochs, args.cos,
-                                                   epoch * steps_per_epoch + i, args.warmup_iters))
-        loss, stats, keys = clsa_step_loss(model, views, num_weak, ctx.rank * n, args, args.amp)
+        global_step = epoch * steps_per_epoch + i  # one counter for the lr schedule and TensorBoard
+        set_learning_rate(optimizer, lr_at(epoch + i / steps_per_epoch, global_step))
+        out = step.loss(model, views, ctx.rank * n)
+        loss, stats = out.loss, out.stats
         stop_now, finite = agree(stop is not None and stop.signum is not None, bool(torch.isfinite(loss)),
                                  ctx.device)
         if not finite:
-            if not args.skip_nonfinite:
+            if not skip_nonfinite:
                 raise NonFiniteLoss(f"non-finite loss at epoch {epoch} iteration {i}")
             logger.info(f"warning: non-finite loss at epoch {epoch} iteration {i}; step skipped (--skip_nonfinite)")
             end = time.time()
             continue
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        unwrap(model).dequeue_and_enqueue(keys)
+        step.update(model, optimizer, out)
 
         for k, v in (("loss", loss.item()), ("infonce", stats["infonce"]), ("ddm", stats["ddm"]),
                      ("acc1", stats["acc1"]), ("acc5", stats["acc5"])):
@@ -136,15 +95,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             logger.info("-" * 100)
             logger.info(f"contrastive loss count {int(stats['n_infonce'])}\tweak strong loss count "
                         f"{int(stats['n_ddm'])}")
-        if i % args.print_freq == 0 or i == n_iters - 1 or stop_now:
+        if i % print_freq == 0 or i == n_iters - 1 or stop_now:
             rate = images / max(end - start, 1e-9)
             eta = (n_iters - i - 1) * meters["time"].avg
             logger.info(progress_line(f"Epoch: [{epoch}]", i, n_iters, list(meters.values()),
                                       f"img/s {rate:7.1f}\tETA {format_duration(eta)}"))
-            step = epoch * n_iters + i
             logger.scalars({"train/loss": loss.item(), "train/infonce": stats["infonce"], "train/ddm": stats["ddm"],
                             "train/acc1": stats["acc1"], "train/acc5": stats["acc5"], "train/img_per_s": rate,
-                            "train/lr": optimizer.param_groups[0]["lr"]}, step)
+                            "train/lr": optimizer.param_groups[0]["lr"]}, global_step)
         if stop_now and i + 1 < n_iters:
             stopped_at = i + 1
             break

@@ -13,12 +13,11 @@ from types import FrameType
 import torch
 
 from clsa.distributed import is_dist
+from ops.environment import STOP_SIGNALS
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint written, rerun with --resume auto
 EXIT_INTERRUPTED = 130  # SIGINT: checkpoint written, then stopped as the user asked
 EXIT_NONFINITE = 3  # the loss became NaN/inf; the last good checkpoint is kept
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class StopRequest:
@@ -52,9 +51,3 @@ def agree(stop_requested: bool, loss_finite: bool, device: torch.device) -> tupl
     flags = torch.tensor([float(stop_requested), float(not loss_finite)], device=device)
     torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
     return bool(flags[0] > 0), bool(flags[1] == 0)
-
-
-def ignore_stop_signals() -> None:
-    """For DataLoader workers: the main process decides when to stop and tears the workers down."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)

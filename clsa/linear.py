@@ -1,7 +1,9 @@
-"""Linear evaluation protocol: a frozen backbone (eval mode, BN statistics fixed) and a trained linear classifier fc.
+"""Linear heads on a frozen backbone (eval mode, BN statistics fixed), trained by SGD with a per-epoch schedule.
 
-Pieces used by `lincls.py`: the model, the per-epoch learning rate, one training epoch, and an exact validation in
-which every image of the validation split is counted once, whatever the number of processes.
+`lincls.py` (single-label, cross-entropy) uses all of it: the model, the head initialisation, the per-epoch
+learning rate, one training epoch, and an exact validation in which every image of the validation split is counted
+once, whatever the number of processes. `VOC_CLF/main.py` (multi-label, masked binary cross-entropy) shares the
+head initialisation and the schedule. The L-BFGS logistic probe of `experiments/probe.py` is a different method.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from clsa.checkpoint import unwrap
-from clsa.distributed import all_reduce_sum
+from clsa.builder import backbone
+from clsa.distributed import all_reduce_sum, unwrap
+from clsa.evaluation import topk_accuracy
 from clsa.faults import StopRequest, agree
-from clsa.pretrained import backbone
-from ops.logging import AverageMeter, progress_line
+from ops.runlog import AverageMeter, progress_line
 
 
 def linear_model(arch: str, num_classes: int) -> nn.Module:
@@ -25,9 +27,15 @@ def linear_model(arch: str, num_classes: int) -> nn.Module:
     model = backbone(arch, num_classes)
     for name, p in model.named_parameters():
         p.requires_grad = name in ("fc.weight", "fc.bias")
-    nn.init.normal_(model.fc.weight, mean=0.0, std=0.01)
-    nn.init.zeros_(model.fc.bias)
+    init_head(model.fc)
     return model
+
+
+def init_head(head: nn.Linear) -> nn.Linear:
+    """Weights N(0, 0.01), zero bias (the 2021 linear heads)."""
+    nn.init.normal_(head.weight, mean=0.0, std=0.01)
+    nn.init.zeros_(head.bias)
+    return head
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -39,7 +47,8 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def linear_lr(lr: float, final_lr: float, epoch: int, epochs: int, cos: int, schedule: Iterable[int]) -> float:
-    """--cos 1: final_lr + (1 + cos(pi e / E)) / 2 * (lr - final_lr); --cos 0: lr * 0.1 per milestone passed."""
+    """lr of 0-based `epoch` of a linear head. --cos 1: final_lr + (1 + cos(pi e / E)) / 2 * (lr - final_lr);
+    --cos 0: lr * 0.1 per milestone passed."""
     if cos:
         return final_lr + 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)) * (lr - final_lr)
     return lr * 0.1 ** sum(epoch >= m for m in schedule)
@@ -54,14 +63,6 @@ def changed_backbone_tensors(model: nn.Module, reference: dict[str, torch.Tensor
     """Names of backbone tensors that differ from `reference` (the 2021 sanity_check, which was never called)."""
     state = unwrap(model).state_dict()
     return [k for k, v in reference.items() if not torch.equal(state[k].detach().cpu(), v)]
-
-
-@torch.no_grad()
-def topk_correct(output: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
-    """Number of samples whose target is among the top-k logits, k capped at the number of classes."""
-    maxk = min(max(ks), output.shape[1])
-    hit = output.topk(maxk, dim=1).indices.eq(target[:, None])
-    return [int(hit[:, :min(k, maxk)].any(1).sum()) for k in ks]
 
 
 def _meters(names: tuple[str, ...]) -> dict[str, AverageMeter]:
@@ -84,7 +85,7 @@ def train_linear_epoch(model: nn.Module, loader: Iterable, optimizer: torch.opti
         images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
         output = model(images)
         loss = criterion(output, target)
-        c1, c5 = topk_correct(output, target)
+        c1, c5 = topk_accuracy(output, target, counts=True)
         n = images.shape[0]
         meters["Loss"].update(loss.item(), n)
         meters["Acc@1"].update(100.0 * c1 / n, n)
@@ -123,7 +124,7 @@ def validate(model: nn.Module, loader: Iterable, device: torch.device, print_fre
         images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
         output = net(images)
         loss = criterion(output, target)
-        c1, c5 = topk_correct(output, target)
+        c1, c5 = topk_accuracy(output, target, counts=True)
         n = images.shape[0]
         totals += torch.tensor([c1, c5, loss.item(), n], dtype=torch.float64, device=device)
         meters["Loss"].update(loss.item() / n, n)

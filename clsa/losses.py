@@ -9,6 +9,9 @@ global batch (N_g x d, rows in global-rank order), Q the queue (d x K). Candidat
     L         = sum_a InfoNCE_a + alpha * sum_a sum_b DDM_ab
 
 Terms are summed over views and pairs (as the 2021 code does). Everything is computed in float32 with log_softmax.
+
+`clsa_loss` is what training uses. `infonce` and `ddm` are one-term reference versions of the formulas above, used
+only by tests/test_losses.py to check `clsa_loss` term by term.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from clsa.evaluation import topk_accuracy
+
 
 def candidate_logits(x: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
     """c(x) = [x k^T, x Q] for x of shape (..., N, d): similarities to all N_g + K candidates."""
@@ -25,23 +30,18 @@ def candidate_logits(x: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor) -
 
 
 def infonce(logits: torch.Tensor, labels: torch.Tensor, T: float) -> torch.Tensor:
-    """Mean cross-entropy of c(q)/T against the positive's index."""
+    """Mean cross-entropy of c(q)/T against the positive's index.
+
+    Reference version of one InfoNCE term, used only by the tests (training computes it inside `clsa_loss`)."""
     return F.cross_entropy(logits / T, labels)
 
 
 def ddm(target_logits: torch.Tensor, pred_logits: torch.Tensor, T2: float) -> torch.Tensor:
-    """Distribution divergence -mean_i sum_j softmax(t/T2) log_softmax(s/T2); no gradient through the target."""
+    """Distribution divergence -mean_i sum_j softmax(t/T2) log_softmax(s/T2); no gradient through the target.
+
+    Reference version of one DDM term, used only by the tests (training computes it inside `clsa_loss`)."""
     p = F.softmax(target_logits.detach() / T2, dim=-1)
     return -(p * F.log_softmax(pred_logits / T2, dim=-1)).sum(-1).mean()
-
-
-@torch.no_grad()
-def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[float]:
-    """Top-k accuracy in percent; k is capped at the number of candidates."""
-    maxk = min(max(ks), logits.shape[1])
-    pred = logits.topk(maxk, dim=1).indices
-    hit = pred.eq(labels[:, None])
-    return [hit[:, : min(k, maxk)].any(1).float().mean().item() * 100.0 for k in ks]
 
 
 def clsa_loss(weak: Sequence[torch.Tensor], strong: Sequence[torch.Tensor], keys: torch.Tensor, queue: torch.Tensor,

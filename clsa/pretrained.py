@@ -116,12 +116,3 @@ def load_encoder_weights(model: nn.Module, path: str, keep_fc: bool = False, fla
     return LoadReport(path=path, source=source, loaded=len(weights), fc_loaded="fc.weight" in weights,
                       missing=sorted(missing), epoch=int(epoch) if isinstance(epoch, int) else None,
                       arch=meta.get("arch"))
-
-
-def backbone(arch: str, num_classes: int = 1000) -> nn.Module:
-    """torchvision `arch` with randomly initialised weights (nothing is downloaded)."""
-    import torchvision
-    try:
-        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-    except ValueError:
-        raise UsageError(f"--arch {arch!r} is not a torchvision model") from None

@@ -13,7 +13,6 @@ from torchvision.datasets import ImageFolder
 
 from ops.errors import UsageError
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
@@ -38,15 +37,6 @@ def read_idx(path: str) -> np.ndarray:
     return arr.reshape(dims)
 
 
-FILES = tuple(f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1"))
-
-
-def has_fashion_mnist(root: str) -> bool:
-    """True when `root` holds the four IDX files (gzipped or plain)."""
-    return all(os.path.isfile(os.path.join(root, f + ".gz")) or os.path.isfile(os.path.join(root, f))
-               for f in FILES)
-
-
 def _find(root: str, stem: str) -> str:
     for name in (stem + ".gz", stem):
         if os.path.isfile(os.path.join(root, name)):
@@ -60,7 +50,7 @@ class FashionMNIST(Dataset):
 
     classes = FASHION_MNIST_CLASSES
 
-    def __init__(self, root: str = FASHION_MNIST_DIR, split: str = "train", transform: Callable | None = None,
+    def __init__(self, root: str, split: str = "train", transform: Callable | None = None,
                  indices: np.ndarray | None = None) -> None:
         prefix = {"train": "train", "test": "t10k", "val": "t10k"}[split]
         self.images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
@@ -82,12 +72,23 @@ class FashionMNIST(Dataset):
 
 
 def build_dataset(name: str, root: str, split: str, transform: Callable | None) -> Dataset:
-    """'FashionMNIST' reads IDX files in `root`; anything else is ImageFolder(<root>/<split>).
+    """'FashionMNIST' reads the IDX files in `root`; anything else is ImageFolder(<root>/<split>).
 
-    For Fashion-MNIST an empty `root`, or the default --data 'data' without IDX files in it, means the Debian
-    package's folder."""
+    `root` is used as given (the entry scripts resolve --data defaults: ops.validate.resolve_fashion_mnist)."""
     if name.lower() == "fashionmnist":
-        if not root or (root == "data" and not has_fashion_mnist(root)):
-            root = FASHION_MNIST_DIR
         return FashionMNIST(root, split, transform)
     return ImageFolder(os.path.join(root, split), transform=transform)
+
+
+def labelled_splits(name: str, root: str, transform: Callable | None) -> tuple[Dataset, Dataset]:
+    """(train, val) of `root` with the same classes, e.g. the bank and queries of a kNN evaluation.
+
+    A `root` with a train/ folder is read as ImageFolders train/ and val/ whatever `name` is; otherwise as
+    `build_dataset(name, ...)`."""
+    if os.path.isdir(os.path.join(root, "train")):
+        name = "ImageFolder"  # a labelled train/ + val/ folder, whatever the pretraining --dataset
+    train, val = build_dataset(name, root, "train", transform), build_dataset(name, root, "val", transform)
+    if list(train.classes) != list(val.classes):
+        raise UsageError(f"{root!r}: train/ and val/ have different class folders "
+                         f"({len(train.classes)} vs {len(val.classes)})")
+    return train, val

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data_processing import fast_ops as ops
+from data_processing import fast_ops
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -90,7 +90,7 @@ class ColorJitter:
             return x
         order, factors = drawn
         for i in order:
-            x = (ops.brightness, ops.contrast, ops.saturation, ops.hue)[i](x, factors[i])
+            x = (fast_ops.brightness, fast_ops.contrast, fast_ops.saturation, fast_ops.hue)[i](x, factors[i])
         return x
 
     def __repr__(self) -> str:
@@ -104,7 +104,7 @@ class Grayscale:
         self.p = p
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return ops.grayscale(x) if random.random() < self.p else x
+        return fast_ops.grayscale(x) if random.random() < self.p else x
 
     def __repr__(self) -> str:
         return f"Grayscale(p={self.p})"
@@ -119,7 +119,7 @@ class Blur:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if random.random() >= self.p:
             return x
-        return ops.gaussian_blur(x, random.uniform(*self.sigma))
+        return fast_ops.gaussian_blur(x, random.uniform(*self.sigma))
 
     def __repr__(self) -> str:
         return f"Blur(sigma={self.sigma}, p={self.p})"
@@ -144,11 +144,11 @@ class ToNormalizedTensor:
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         self.mean, self.std = tuple(mean), tuple(std)
-        self.lut = ops.normalization_lut(self.mean, self.std)
+        self.lut = fast_ops.normalization_lut(self.mean, self.std)
 
     def __call__(self, x: np.ndarray) -> torch.Tensor:
         flip = x.ndim == 3 and x.strides[1] < 0
-        return ops.to_normalized_tensor(x[:, ::-1] if flip else x, self.lut, flip)
+        return fast_ops.to_normalized_tensor(x[:, ::-1] if flip else x, self.lut, flip)
 
     def __repr__(self) -> str:
         return f"ToNormalizedTensor(mean={self.mean}, std={self.std})"

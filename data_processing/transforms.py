@@ -18,11 +18,9 @@ import torch
 from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
-from data_processing import fast_views
+from data_processing import fast_ops, fast_views
+from data_processing.fast_views import IMAGENET_MEAN, IMAGENET_STD
 from data_processing.randaugment import RandAugment
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class GaussianBlur:
@@ -99,7 +97,7 @@ class MultiViewTransform:
         self.weak = [weak_view_(self.crops[i].size, self.crops[i].scale) for i in self.pick_weak]
         self.strong = [strong_view_(self.crops[i].size, self.crops[i].scale, aug_times) for i in self.pick_strong]
         if backend == "fast":
-            fast_views.ops.warmup()  # compile once here; forked loader workers inherit the kernels
+            fast_ops.warmup()  # compile once here; forked loader workers inherit the kernels
 
     @property
     def num_weak(self) -> int:

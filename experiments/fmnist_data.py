@@ -16,12 +16,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from data_processing.datasets import FASHION_MNIST_DIR, FILES, has_fashion_mnist, read_idx
+from data_processing.datasets import read_idx
 from ops.errors import UsageError
+from ops.validate import FASHION_MNIST_DIR, FASHION_MNIST_FILES, has_fashion_mnist
 
 ENV_VAR = "FASHION_MNIST_DIR"
 INSTALL_HINT = ("install it with 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or point "
-                f"{ENV_VAR}=<folder> (or --data) at a folder holding {', '.join(f + '.gz' for f in FILES)}")
+                f"{ENV_VAR}=<folder> (or --data) at a folder holding "
+                f"{', '.join(f + '.gz' for f in FASHION_MNIST_FILES)}")
 
 
 def locate(root: str | None = None, install: bool = True, log: Callable[[str], None] = print) -> str:

@@ -1,9 +1,10 @@
 """Frozen-encoder evaluation on cached features: weighted kNN and a linear probe (multinomial logistic regression).
 
-Both read an IDX split folder (`train` = bank / probe training set, `t10k` = queries) through
-`data_processing.datasets.FashionMNIST` with the kNN monitor's eval transform (Resize + CenterCrop, ImageNet
-normalisation), and the pooled 512-d (resnet18) features of the backbone in eval mode. The linear probe's weight
-decay is chosen on a held-out tenth of the training features (never on the queries), then refit on all of them.
+Both read the Fashion-MNIST IDX splits of a folder (`train` = bank / probe training set, `t10k` = queries) with the
+kNN monitor's eval transform (`eval_sets`), and the pooled 512-d (resnet18) features of the backbone in eval mode
+(`clsa.evaluation.extract_features`). The linear probe is a different method from lincls.py's linear classifier
+(clsa/linear.py: SGD over augmented images for many epochs): full-batch L-BFGS on standardised cached features,
+its weight decay chosen on a held-out tenth of the training features (never on the queries), then refit on all.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
-from clsa.knn import eval_transform, extract_features, knn_accuracy
-from clsa.pretrained import backbone, load_encoder_weights
-from data_processing.datasets import FashionMNIST
+from clsa.builder import backbone
+from clsa.evaluation import eval_transform, extract_features
+from clsa.knn import knn_accuracy
+from clsa.pretrained import load_encoder_weights
+from data_processing.datasets import labelled_splits
 
 WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3)
 
@@ -30,13 +34,17 @@ def load_encoder(arch: str, checkpoint: str | None, seed: int = 0) -> nn.Module:
     return model
 
 
-def features(encoder: nn.Module, folder: str, size: int, batch: int = 256, workers: int = 0
+def eval_sets(folder: str, size: int) -> tuple[Dataset, Dataset]:
+    """(train, test) Fashion-MNIST splits of the IDX files in `folder`, read with `eval_transform(size)`."""
+    return labelled_splits("FashionMNIST", folder, eval_transform(size))
+
+
+def features(encoder: nn.Module, bank: Dataset, queries: Dataset, batch: int = 256, workers: int = 0
              ) -> dict[str, torch.Tensor]:
-    """L2-normalised features and labels of the `train` and `t10k` files of `folder`."""
-    tf = eval_transform(size)
+    """L2-normalised features and labels on the CPU: train_x/train_y of `bank`, test_x/test_y of `queries`."""
     out = {}
-    for split in ("train", "test"):
-        f, y = extract_features(encoder, FashionMNIST(folder, split, tf), batch, workers)
+    for split, dataset in (("train", bank), ("test", queries)):
+        f, y = extract_features(encoder, dataset, batch, workers)
         out[f"{split}_x"], out[f"{split}_y"] = f.cpu(), y.cpu().long()
     return out
 
@@ -66,6 +74,7 @@ def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def _accuracy(head: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 of the probe by argmax (the first class on ties; topk's tie order differs)."""
     return 100.0 * float((head(x).argmax(1) == y).float().mean())
 
 
@@ -84,13 +93,14 @@ def linear_probe(feats: dict[str, torch.Tensor], classes: int) -> dict[str, floa
             "holdout_top1": scores[wd], "train_top1": _accuracy(head, xtr, y)}
 
 
-def evaluate(encoder: nn.Module, folder: str, size: int, k: int = 200, t: float = 0.1, classes: int = 10,
+def evaluate(encoder: nn.Module, bank: Dataset, queries: Dataset, k: int = 200, t: float = 0.1, classes: int = 10,
              workers: int = 0) -> dict[str, float]:
-    """kNN top-1/top-5 and linear-probe top-1 of `encoder` on the split folder; plus sizes and seconds."""
+    """kNN top-1/top-5 and linear-probe top-1 of `encoder` (bank: kNN bank and probe training set); plus sizes
+    and seconds."""
     start = time.time()
-    feats = features(encoder, folder, size, workers=workers)
+    feats = features(encoder, bank, queries, workers=workers)
     knn1, knn5 = knn_accuracy(feats["test_x"], feats["test_y"], feats["train_x"], feats["train_y"], classes, k, t)
     lin = linear_probe(feats, classes)
     return {"knn_top1": knn1, "knn_top5": knn5, "linear_top1": lin["top1"], "linear_weight_decay": lin["weight_decay"],
             "linear_holdout_top1": lin["holdout_top1"], "bank": int(len(feats["train_y"])),
-            "queries": int(len(feats["test_y"])), "seconds": time.time() - start, "k": k, "t": t, "size": size}
+            "queries": int(len(feats["test_y"])), "seconds": time.time() - start, "k": k, "t": t}

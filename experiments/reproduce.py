@@ -25,8 +25,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import fmnist_data  # noqa: E402
-from experiments.pretrain_run import REPO, run_pretraining  # noqa: E402
-from experiments.probe import evaluate, load_encoder  # noqa: E402
+from experiments.pretrain_run import (  # noqa: E402
+    CHECKPOINT,
+    REPO,
+    evaluate_encoder,
+    random_init_knn,
+    run_pretraining,
+    run_state,
+)
 from experiments.recipe import MULTI_CROP, SINGLE_CROP, Recipe  # noqa: E402
 from experiments.reproduce_table import summarise, write_table  # noqa: E402
 from ops.errors import UsageError, exit_usage  # noqa: E402
@@ -99,17 +105,14 @@ def run_arm(name: str, recipe: Recipe | None, seed: int, folders: dict[str, str]
         print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: {result['command']}", flush=True)
         with open(os.path.join(arm_dir, "pretrain.log"), "a") as log:
             pre = run_pretraining(argv, deadline - left * EVAL_RESERVE_S, stdout=log)
-        ckpt = os.path.join(run_dir, "checkpoint_last.pth.tar")
+        ckpt = os.path.join(run_dir, CHECKPOINT)
         if pre["returncode"] not in (0, 75) or not os.path.isfile(ckpt):
             raise RuntimeError(f"{name}: main_clsa.py exited with {pre['returncode']}; see {arm_dir}/pretrain.log")
-        from clsa.checkpoint import load_checkpoint
-        state = load_checkpoint(ckpt)
-        from experiments.demo_report import knn_by_epoch
-        result.update(epochs=recipe.epochs, epochs_done=int(state["epoch"]), iteration=int(state.get("iteration", 0)),
+        state = run_state(run_dir)
+        result.update(epochs=recipe.epochs, epochs_done=state["epochs_done"], iteration=state["iteration"],
                       partial=bool(pre["stopped_at_deadline"]), pretrain_seconds=pre["seconds"],
-                      knn_monitor=knn_by_epoch(run_dir), recipe=vars(recipe))
-    encoder = load_encoder("resnet18", ckpt, seed=seed)
-    result.update(evaluate(encoder, folders["eval"], 32))
+                      knn_monitor=state["knn_monitor"], recipe=vars(recipe))
+    result.update(evaluate_encoder("resnet18", ckpt, seed, folders["eval"], 32))
     print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: kNN {result['knn_top1']:.2f} linear "
           f"{result['linear_top1']:.2f}", flush=True)
     with open(os.path.join(arm_dir, "result.json"), "w") as f:
@@ -123,8 +126,7 @@ def monitor_random_init(folder: str, out: str) -> float:
     if os.path.isfile(path):
         with open(path) as f:
             return json.load(f)["top1"]
-    from clsa.knn import KNNMonitor
-    res = KNNMonitor(folder, "FashionMNIST", 32, 200, 0.1, log=lambda _: None).evaluate(load_encoder("resnet18", None))
+    res = random_init_knn("resnet18", folder, 32, 200, 0.1, seed=0)
     with open(path, "w") as f:
         json.dump(res, f)
     return res["top1"]

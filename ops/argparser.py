@@ -14,6 +14,7 @@ RESNET_ARCHS = (
     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
 )
 
+DEFAULT_DATA = "data"  # --data; for --dataset FashionMNIST see ops.validate.resolve_fashion_mnist
 
 TRUST_FLAG = "--trust_checkpoint"
 
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("data and run directory")
-    g.add_argument("--data", type=str, default="data", help="dataset root; images are read from <data>/train")
+    g.add_argument("--data", type=str, default=DEFAULT_DATA, help="dataset root; images are read from <data>/train")
     g.add_argument("--log_path", type=str, default="train_log", help="root of the run directory")
     g.add_argument("--dataset", type=str, default="ImageNet",
                    help="name used as a run-directory component; 'FashionMNIST' reads the IDX files in --data")

@@ -1,13 +1,16 @@
-"""Process environment: devices, seeds, file limits."""
+"""Process environment: devices, seeds, file limits, stop signals in loader workers."""
 
 from __future__ import annotations
 
 import os
 import random
 import resource
+import signal
 
 import numpy as np
 import torch
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # what SLURM sends before preemption, and Ctrl-C
 
 
 def raise_file_limit(target: int = 4096) -> None:
@@ -58,9 +61,14 @@ def cpu_threads_per_process(procs: int) -> int:
 
 def loader_worker_init(worker_id: int) -> None:
     """worker_init_fn for training loaders: seeds (see `seed_worker`) and leaves stop signals to the main process."""
-    from clsa.faults import ignore_stop_signals
     seed_worker(worker_id)
     ignore_stop_signals()
+
+
+def ignore_stop_signals() -> None:
+    """For DataLoader workers: the main process decides when to stop and tears the workers down."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 def keep_freed_memory() -> bool:

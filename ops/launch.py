@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 
 from ops.environment import cpu_threads_per_process, raise_file_limit, use_cuda
 from ops.errors import UsageError, exit_usage
-from ops.logging import format_duration
+from ops.runlog import format_duration
 
 
 @dataclass

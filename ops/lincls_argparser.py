@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ops.argparser import RESNET_ARCHS, add_launch_flags, add_trust_flag
 from ops.errors import UsageError
-from ops.validate import check_image_folder, check_resume
+from ops.validate import check_arch, check_image_folder, check_resume, resolve_fashion_mnist
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,8 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_lincls_args(args: argparse.Namespace) -> None:
     """All checks that need no process group; each raises UsageError naming the flag or file."""
-    if args.arch not in RESNET_ARCHS:
-        raise UsageError(f"--arch {args.arch!r} is not supported; choose one of: {', '.join(RESNET_ARCHS)}")
+    check_arch(args.arch)
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
                         ("--print-freq", args.print_freq), ("--cpu-procs", args.cpu_procs),
                         ("--train-crop", args.train_crop), ("--val-resize", args.val_resize),
@@ -87,11 +86,12 @@ def check_lincls_args(args: argparse.Namespace) -> None:
     if args.evaluate and args.knn:
         raise UsageError("-e/--evaluate and --knn are two different evaluations; pass one of them")
     if args.evaluate and not (args.resume or args.pretrained):
-        raise UsageError("-e/--evaluate needs a linear checkpoint: --resume <checkpoint.pth.tar> or --pretrained")
+        raise UsageError("-e/--evaluate needs a linear checkpoint: --resume <checkpoint_last.pth.tar> or --pretrained")
     if args.pretrained and not os.path.isfile(args.pretrained):
         raise UsageError(f"--pretrained {args.pretrained!r}: no such checkpoint file")
     check_resume(args.resume)
     if args.dataset.lower() == "fashionmnist":
+        args.data = resolve_fashion_mnist(args.data, image_folder_wins=args.knn)  # --knn: see clsa.knn.KNNMonitor
         return
     if not args.data:
         raise UsageError("--data is required: a folder holding train/<class>/ and val/<class>/ images")

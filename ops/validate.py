@@ -1,14 +1,40 @@
-"""Checks that run before any work starts. Each raises `UsageError` with one line naming the flag or file."""
+"""Checks that run before any work starts. Each raises `UsageError` with one line naming the flag or file.
+
+The checks of the entry scripts also resolve flag defaults that depend on the data: for `--dataset FashionMNIST`,
+`args.data` becomes the folder of the IDX files (`resolve_fashion_mnist`), so dataset code only ever gets a root.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from ops.argparser import RESNET_ARCHS
+from ops.argparser import DEFAULT_DATA, RESNET_ARCHS
 from ops.errors import UsageError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian/Ubuntu package dataset-fashion-mnist
+FASHION_MNIST_FILES = tuple(f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1"))
+
+
+def has_fashion_mnist(root: str) -> bool:
+    """True when `root` holds the four IDX files (gzipped or plain)."""
+    return all(os.path.isfile(os.path.join(root, f + ".gz")) or os.path.isfile(os.path.join(root, f))
+               for f in FASHION_MNIST_FILES)
+
+
+def resolve_fashion_mnist(root: str, image_folder_wins: bool = False) -> str:
+    """The folder of the IDX files that `--data` (or `--knn_data`) names for `--dataset FashionMNIST`.
+
+    An empty value, or the --data default 'data' without the IDX files in it, means the Debian package's folder.
+    With `image_folder_wins` (a kNN folder: one with train/ is read as an ImageFolder whatever --dataset says) a
+    folder holding train/ is kept as given.
+    """
+    if image_folder_wins and os.path.isdir(os.path.join(root, "train")):
+        return root
+    if not root or (root == DEFAULT_DATA and not has_fashion_mnist(root)):
+        return FASHION_MNIST_DIR
+    return root
 
 
 def check_image_folder(root: str, flag: str = "--data", split: str = "train") -> str:
@@ -52,10 +78,15 @@ def check_views(args: argparse.Namespace) -> int:
     return n
 
 
+def check_arch(arch: str) -> None:
+    """--arch must be one of RESNET_ARCHS (main_clsa.py, lincls.py, VOC_CLF/main.py)."""
+    if arch not in RESNET_ARCHS:
+        raise UsageError(f"--arch {arch!r} is not supported; choose one of: {', '.join(RESNET_ARCHS)}")
+
+
 def check_pretrain_args(args: argparse.Namespace) -> None:
     """All checks of `main_clsa.py` that need no process group."""
-    if args.arch not in RESNET_ARCHS:
-        raise UsageError(f"--arch {args.arch!r} is not supported; choose one of: {', '.join(RESNET_ARCHS)}")
+    check_arch(args.arch)
     check_views(args)
     for flag, value in (("--epochs", args.epochs), ("--batch_size", args.batch_size), ("--moco_k", args.moco_k),
                         ("--moco_dim", args.moco_dim), ("--cpu_procs", args.cpu_procs),
@@ -79,10 +110,14 @@ def check_pretrain_args(args: argparse.Namespace) -> None:
     if args.knn_data and args.dataset.lower() != "fashionmnist":  # FashionMNIST: its IDX train/test files
         check_image_folder(args.knn_data, "--knn_data", "train")
         check_image_folder(args.knn_data, "--knn_data", "val")
+    if args.dataset.lower() == "fashionmnist":
+        args.data = resolve_fashion_mnist(args.data)
+        if args.knn_data:
+            args.knn_data = resolve_fashion_mnist(args.knn_data, image_folder_wins=True)
 
 
-def check_batch(batch_per_node: int, procs_per_node: int, world: int, moco_k: int, dataset_len: int | None) -> int:
-    """Return the per-process batch; raise if the global batch does not fit the queue or the data."""
+def check_batch(batch_per_node: int, procs_per_node: int, world: int, moco_k: int) -> int:
+    """Return the per-process batch; raise if the global batch does not fit the queue (checked once, at launch)."""
     if batch_per_node < procs_per_node:
         raise UsageError(f"--batch_size {batch_per_node} is smaller than the {procs_per_node} processes per node")
     per_proc = batch_per_node // procs_per_node
@@ -90,6 +125,10 @@ def check_batch(batch_per_node: int, procs_per_node: int, world: int, moco_k: in
     if moco_k % global_batch:
         raise UsageError(f"--moco_k {moco_k} must be a multiple of the global batch {global_batch} "
                          f"({per_proc} per process x {world} processes)")
-    if dataset_len is not None and dataset_len < global_batch:
-        raise UsageError(f"--data has {dataset_len} training images, fewer than the global batch {global_batch}")
     return per_proc
+
+
+def check_enough_images(dataset_len: int, global_batch: int) -> None:
+    """Raise when the training set cannot fill one global batch (checked once the dataset is opened)."""
+    if dataset_len < global_batch:
+        raise UsageError(f"--data has {dataset_len} training images, fewer than the global batch {global_batch}")

@@ -92,6 +92,6 @@ def test_torchrun_without_env_url_is_refused(image_folder, tmp_path, monkeypatch
 
 
 def test_run_directories_started_in_the_same_second_differ(tmp_path):
-    from ops.logging import unique_run_dir
+    from ops.runlog import unique_run_dir
     base = str(tmp_path / "260101-000000")
     assert [unique_run_dir(base) for _ in range(3)] == [base, base + "-1", base + "-2"]

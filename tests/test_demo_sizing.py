@@ -15,7 +15,7 @@ from experiments.demo_sizing import (
     fit_eval,
     steady_rate,
 )
-from ops.logging import AverageMeter, progress_line
+from ops.runlog import AverageMeter, progress_line
 
 KNN = 7000  # the demo's monitor: 5000 bank + 2000 queries
 QUIET_LEFT = 900 - 110  # 15 min less data preparation, speed measurement, start-up and the evaluation reserve

@@ -7,9 +7,9 @@ import pytest
 import torch
 from fmnist_support import idx_bytes, write_tiny_fmnist
 
-from data_processing import datasets
 from data_processing.datasets import FashionMNIST, build_dataset, read_idx
 from experiments import fmnist_data
+from ops import validate
 from ops.errors import UsageError
 
 
@@ -102,9 +102,9 @@ def test_default_data_folder_is_used_when_it_holds_the_files(tmp_path, monkeypat
     """--data data (the default) reads ./data when it has the IDX files, else the Debian package's folder."""
     monkeypatch.chdir(tmp_path)
     write_tiny_fmnist(str(tmp_path / "data"), n_train=30, n_test=10)
-    assert len(build_dataset("FashionMNIST", "data", "train", None)) == 30
+    assert len(build_dataset("FashionMNIST", validate.resolve_fashion_mnist("data"), "train", None)) == 30
     empty = tmp_path / "elsewhere"
     (empty / "data").mkdir(parents=True)
     monkeypatch.chdir(empty)
-    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", str(tmp_path / "data"))
-    assert len(build_dataset("FashionMNIST", "data", "val", None)) == 10
+    monkeypatch.setattr(validate, "FASHION_MNIST_DIR", str(tmp_path / "data"))
+    assert len(build_dataset("FashionMNIST", validate.resolve_fashion_mnist("data"), "val", None)) == 10

@@ -20,7 +20,7 @@ from torchvision.transforms import functional as F
 
 from benchmarks import reference_views as ref
 from benchmarks.photos import decode, photo_bytes
-from data_processing import fast_ops as ops
+from data_processing import fast_ops
 from data_processing import fast_views as fv
 from data_processing import randaugment as ra
 from data_processing.transforms import MultiViewTransform, expand_crops
@@ -75,11 +75,11 @@ class Recorder:
 
 def _record_fast(monkeypatch, rec: Recorder) -> None:
     for name in ("brightness", "contrast", "saturation", "hue"):
-        fn = getattr(ops, name)
-        monkeypatch.setattr(ops, name, lambda x, f, fn=fn, name=name: (rec.jitter.append((name, f)), fn(x, f))[1])
-    gray, blur, flip = ops.grayscale, ops.gaussian_blur, fv.HorizontalFlip.__call__
-    monkeypatch.setattr(ops, "grayscale", lambda x: (setattr(rec, "gray", rec.gray + 1), gray(x))[1])
-    monkeypatch.setattr(ops, "gaussian_blur", lambda x, s: (rec.sigmas.append(s), blur(x, s))[1])
+        fn = getattr(fast_ops, name)
+        monkeypatch.setattr(fast_ops, name, lambda x, f, fn=fn, name=name: (rec.jitter.append((name, f)), fn(x, f))[1])
+    gray, blur, flip = fast_ops.grayscale, fast_ops.gaussian_blur, fv.HorizontalFlip.__call__
+    monkeypatch.setattr(fast_ops, "grayscale", lambda x: (setattr(rec, "gray", rec.gray + 1), gray(x))[1])
+    monkeypatch.setattr(fast_ops, "gaussian_blur", lambda x, s: (rec.sigmas.append(s), blur(x, s))[1])
 
     def flip_spy(self, x):
         out = flip(self, x)

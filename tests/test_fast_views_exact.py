@@ -14,11 +14,11 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
 from benchmarks.photos import decode, photo_bytes
-from data_processing import fast_ops as ops
+from data_processing import fast_ops
 from data_processing import fast_views as fv
 from data_processing.randaugment import RandAugment
 
-needs_numba = pytest.mark.skipif(not ops.HAVE_NUMBA, reason="numba not installed: fast_ops calls PIL itself")
+needs_numba = pytest.mark.skipif(not fast_ops.HAVE_NUMBA, reason="numba not installed: fast_ops calls PIL itself")
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +39,17 @@ def _pil(a: np.ndarray) -> Image.Image:
 @needs_numba
 @pytest.mark.parametrize("hue", [-0.1, -0.0431, 0.0, 0.05, 0.1])
 def test_hue_on_every_colour(all_colours, hue):
-    assert np.array_equal(ops.hue(all_colours, hue), np.asarray(F.adjust_hue(_pil(all_colours), hue)))
+    assert np.array_equal(fast_ops.hue(all_colours, hue), np.asarray(F.adjust_hue(_pil(all_colours), hue)))
 
 
 @needs_numba
 def test_grayscale_saturation_brightness_contrast_on_every_colour(all_colours):
     img = _pil(all_colours)
-    assert np.array_equal(ops.grayscale(all_colours), np.asarray(F.rgb_to_grayscale(img, 3)))
+    assert np.array_equal(fast_ops.grayscale(all_colours), np.asarray(F.rgb_to_grayscale(img, 3)))
     for f in (0.6, 0.83, 1.0, 1.17, 1.4):
-        assert np.array_equal(ops.saturation(all_colours, f), np.asarray(F.adjust_saturation(img, f))), f
-        assert np.array_equal(ops.brightness(all_colours, f), np.asarray(F.adjust_brightness(img, f))), f
-        assert np.array_equal(ops.contrast(all_colours, f), np.asarray(F.adjust_contrast(img, f))), f
+        assert np.array_equal(fast_ops.saturation(all_colours, f), np.asarray(F.adjust_saturation(img, f))), f
+        assert np.array_equal(fast_ops.brightness(all_colours, f), np.asarray(F.adjust_brightness(img, f))), f
+        assert np.array_equal(fast_ops.contrast(all_colours, f), np.asarray(F.adjust_contrast(img, f))), f
 
 
 @needs_numba
@@ -59,9 +59,9 @@ def test_blends_on_photos_for_random_factors(photos):
         a = photos[k % len(photos)][::3, ::3]
         f = rng.uniform(0.0, 2.0)
         img = _pil(a)
-        assert np.array_equal(ops.brightness(a, f), np.asarray(F.adjust_brightness(img, f))), f
-        assert np.array_equal(ops.contrast(a, f), np.asarray(F.adjust_contrast(img, f))), f
-        assert np.array_equal(ops.saturation(a, f), np.asarray(F.adjust_saturation(img, f))), f
+        assert np.array_equal(fast_ops.brightness(a, f), np.asarray(F.adjust_brightness(img, f))), f
+        assert np.array_equal(fast_ops.contrast(a, f), np.asarray(F.adjust_contrast(img, f))), f
+        assert np.array_equal(fast_ops.saturation(a, f), np.asarray(F.adjust_saturation(img, f))), f
 
 
 @needs_numba
@@ -72,11 +72,11 @@ def test_gaussian_blur_matches_pil(photos, size):
     for k, s in enumerate(sigmas):
         a = np.asarray(_pil(photos[k % len(photos)]).resize(size))
         ref = np.asarray(_pil(a).filter(ImageFilter.GaussianBlur(radius=s)))
-        assert np.array_equal(ops.gaussian_blur(a, s), ref), (size, s)
+        assert np.array_equal(fast_ops.gaussian_blur(a, s), ref), (size, s)
 
 
 def test_box_radius_covers_the_blur_range():
-    assert ops.box_blur_params(0.1)[0] == 0 and ops.box_blur_params(2.0)[0] == 1
+    assert fast_ops.box_blur_params(0.1)[0] == 0 and fast_ops.box_blur_params(2.0)[0] == 1
 
 
 @pytest.mark.parametrize("flip", [False, True])
@@ -143,7 +143,7 @@ def test_numba_and_pil_fallback_give_identical_views(photos, monkeypatch):
     view = fv.strong_view(128, (0.1, 1.0), 5)
     outs = []
     for have in (True, False):
-        monkeypatch.setattr(ops, "HAVE_NUMBA", have and ops.HAVE_NUMBA)
+        monkeypatch.setattr(fast_ops, "HAVE_NUMBA", have and fast_ops.HAVE_NUMBA)
         random.seed(3)
         np.random.seed(3)
         outs.append([view(_pil(p)) for p in photos])

@@ -17,9 +17,11 @@ from conftest import free_port, run_script
 from evaluation_support import CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, eval_folder, pretrained_checkpoint, shared_base
 from torch.utils.data import TensorDataset
 
-from clsa.builder import CLSA
-from clsa.knn import KNNMonitor, extract_features, gather_shards, knn_accuracy, knn_predict, shard_indices
-from clsa.pretrained import backbone, load_encoder_weights
+from clsa.builder import CLSA, backbone
+from clsa.evaluation import eval_transform, extract_features, gather_shards, shard_indices
+from clsa.knn import KNNMonitor, knn_accuracy, knn_predict
+from clsa.pretrained import load_encoder_weights
+from data_processing.datasets import labelled_splits
 
 
 def clustered(n_per_class: int, classes: int, dim: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +118,8 @@ def test_monitor_restores_modes_and_head(tmp_path_factory):
     data = eval_folder(shared_base(tmp_path_factory))
     model = CLSA("resnet18", dim=16, K=16, m=0.9)
     messages: list[str] = []
-    monitor = KNNMonitor(data, "ImageNet", 32, k=5, t=0.1, ctx=None, workers=0, log=messages.append)
+    monitor = KNNMonitor(*labelled_splits("ImageNet", data, eval_transform(32)), k=5, t=0.1, workers=0,
+                         log=messages.append)
     head = model.encoder_q.fc
     model.train()
     model.encoder_k.eval()  # a mixed state must come back as it was
@@ -142,7 +145,7 @@ def test_lincls_knn_two_spawned_processes(tmp_path_factory, tmp_path):
     assert "2 process(es) on cpu" in two.stdout
     encoder = backbone("resnet18")
     load_encoder_weights(encoder, ckpt)
-    res = KNNMonitor(data, "ImageNet", 32, k=10, t=0.1, resize=32).evaluate(encoder)
+    res = KNNMonitor(*labelled_splits("ImageNet", data, eval_transform(32, 32)), k=10, t=0.1).evaluate(encoder)
     line = re.compile(r"^ \* Acc@1 (\d+\.\d+) Acc@5 (\d+\.\d+)$", re.M)
     assert line.findall(two.stdout) == [(f"{res['top1']:.3f}", f"{res['top5']:.3f}")]
     (result_file,) = glob.glob(str(tmp_path / "two" / "kNN_log" / "*" / "knn.json"))

@@ -57,7 +57,7 @@ def test_one_process_prints_and_writes(one_process_run):
     assert result["epoch"] == 1 and result["images"] == VAL_IMAGES
     assert result["top1"] == pytest.approx(top1, abs=1e-3) and result["top5"] == pytest.approx(top5, abs=1e-3)
     assert top5 == 100.0  # 3 classes: top-5 is capped at 3
-    assert os.path.isfile(os.path.join(folder, "checkpoint.pth.tar"))
+    assert os.path.isfile(os.path.join(folder, "checkpoint_last.pth.tar"))
     assert os.path.isfile(os.path.join(folder, "model_best.pth.tar")) == (top1 > 0)
     assert "sanity check passed" in out
 
@@ -66,7 +66,7 @@ def test_backbone_frozen_only_fc_trained(shared, one_process_run):
     """Weights and BN running statistics equal the pretrained query encoder's; only fc moved."""
     _, ckpt = shared
     folder, _ = one_process_run
-    linear = torch.load(os.path.join(folder, "checkpoint.pth.tar"), map_location="cpu", weights_only=False)
+    linear = torch.load(os.path.join(folder, "checkpoint_last.pth.tar"), map_location="cpu", weights_only=False)
     pre = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     state = {k[len("module."):]: v for k, v in linear["state_dict"].items()}
     backbone_keys = [k for k in state if not k.startswith("fc.")]
@@ -86,7 +86,7 @@ def test_resume_continues_in_the_checkpoint_directory(shared, one_process_run, t
     data, _ = shared
     folder, _ = one_process_run
     ckpt = str(tmp_path / "checkpoint.pth.tar")
-    shutil.copyfile(os.path.join(folder, "checkpoint.pth.tar"), ckpt)
+    shutil.copyfile(os.path.join(folder, "checkpoint_last.pth.tar"), ckpt)
     proc = run_script(["lincls.py", "--data", data, "--resume", ckpt, "--epochs", "2", "--lr", "1.0", *SMALL])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "=> loaded checkpoint" in proc.stdout and "(epoch 1)" in proc.stdout
@@ -121,14 +121,15 @@ def test_evaluate_matches_between_world_sizes(shared, torchrun_run):
     data, _ = shared
     folder, out = torchrun_run
     (top1_2p, top5_2p), = acc_lines(out)
-    proc = run_script(["lincls.py", "--data", data, "-e", "--resume", os.path.join(folder, "checkpoint.pth.tar"),
+    proc = run_script(["lincls.py", "--data", data, "-e", "--resume", os.path.join(folder, "checkpoint_last.pth.tar"),
                        *SMALL])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert acc_lines(proc.stdout) == [(top1_2p, top5_2p)]
     result = json.load(open(os.path.join(folder, "evaluate.json")))
     assert result["images"] == VAL_IMAGES and result["epoch"] == 1
     # -e with --pretrained pointing at the linear checkpoint loads the classifier too.
-    proc = run_script(["lincls.py", "--data", data, "-e", "--pretrained", os.path.join(folder, "checkpoint.pth.tar"),
+    linear = os.path.join(folder, "checkpoint_last.pth.tar")
+    proc = run_script(["lincls.py", "--data", data, "-e", "--pretrained", linear,
                        "--log_path", os.path.join(folder, "eval_log"), *SMALL])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "linear-evaluation checkpoint" in proc.stdout and "with fc" in proc.stdout

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clsa.losses import candidate_logits, clsa_loss, ddm, infonce, topk_accuracy
+from clsa.evaluation import topk_accuracy
+from clsa.losses import candidate_logits, clsa_loss, ddm, infonce
 
 
 def test_infonce_and_ddm_by_hand():

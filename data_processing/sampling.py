@@ -1,4 +1,4 @@
-"""Loading that survives bad files and resumes mid-epoch.
+"""Seeded, resumable sampling and a dataset wrapper that tolerates unreadable files.
 
 `EpochSampler` yields (epoch, index) keys in DistributedSampler order and can start at a batch inside the epoch.
 `RobustViews` wraps a dataset: with a seed, each sample's augmentation RNGs are seeded from (seed, epoch, index),

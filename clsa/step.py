@@ -1,0 +1,98 @@
+"""The CLSA training step: which views exist, the objective over them, the update and the enqueue.
+
+The flags that define the method are read once into `MethodConfig`; `CLSAStep` then owns, per iteration:
+split [key, weak..., strong...] -> forward (clsa/builder.py) -> InfoNCE over the weak views at temperature T plus
+alpha x DDM of the strong views against the weak ones at T2 (clsa/losses.py), a second pass with the roles of key
+and weak view 0 swapped under --sym 1 -> backward, SGD step -> enqueue the keys (after backward: the loss read the
+queue without a copy). alpha 0 is MoCo v2: no strong view is built or forwarded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from clsa.distributed import unwrap
+from clsa.losses import clsa_loss
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """T (`--moco_t`), T2 (`--clsa_t`), alpha, --sym, the picked crops and bf16 autocast (`--amp`)."""
+    moco_t: float
+    clsa_t: float
+    alpha: float
+    sym: bool
+    pick_weak: tuple[int, ...]
+    pick_strong: tuple[int, ...]
+    amp: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> MethodConfig:
+        # alpha 0 means MoCo v2: no strong views are computed at all.
+        strong = tuple(args.pick_strong) if args.alpha != 0 else ()
+        return cls(args.moco_t, args.clsa_t, args.alpha, bool(args.sym), tuple(args.pick_weak), strong,
+                   bool(args.amp))
+
+    @property
+    def num_weak(self) -> int:
+        return len(self.pick_weak)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CPU and CUDA when `enabled`."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def split_views(views: list[torch.Tensor], num_weak: int
+                ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """[key, weak..., strong...] -> (key, weak, strong)."""
+    return views[0], list(views[1:1 + num_weak]), list(views[1 + num_weak:])
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    stats: dict[str, float]
+    keys: torch.Tensor  # this process's keys, enqueued after the update
+
+
+class CLSAStep:
+    """loss(model, views, offset) then update(model, optimizer, out): one CLSA iteration, split where the caller
+    decides (non-finite check, stop agreement) whether the update happens."""
+
+    def __init__(self, config: MethodConfig):
+        self.config = config
+
+    def loss(self, model: nn.Module, views: list[torch.Tensor], offset: int) -> StepOutput:
+        """Forward all views and build the objective (both passes with --sym 1). `offset`: global rank x N, the
+        row of this process's first positive among the gathered keys."""
+        c = self.config
+        key, weak, strong = split_views(views, c.num_weak)
+        with autocast(key.device, c.amp):
+            out = model(key, weak, strong)
+        # No copy: the queue is only overwritten (dequeue_and_enqueue) after backward has used it.
+        queue = unwrap(model).queue.detach()
+        loss, stats = clsa_loss(out.weak, out.strong, out.keys, queue, offset, c.moco_t, c.clsa_t, c.alpha)
+        if not c.sym:
+            return StepOutput(loss, stats, out.keys)
+        # Pass 2: the other weak queries and the key-view query against k2 = encoder_k(weak view 0).
+        loss2, stats2 = clsa_loss(out.weak[1:] + [out.key_query], out.strong, out.keys2, queue, offset,
+                                  c.moco_t, c.clsa_t, c.alpha)
+        for name in ("infonce", "ddm", "n_infonce", "n_ddm"):
+            stats[name] += stats2[name]
+        return StepOutput(loss + loss2, stats, out.keys2)
+
+    @staticmethod
+    def update(model: nn.Module, optimizer: torch.optim.Optimizer, out: StepOutput) -> None:
+        """Backward, SGD step, then enqueue this step's keys."""
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        unwrap(model).dequeue_and_enqueue(out.keys)
