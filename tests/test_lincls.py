@@ -85,7 +85,7 @@ def test_resume_continues_in_the_checkpoint_directory(shared, one_process_run, t
     import shutil
     data, _ = shared
     folder, _ = one_process_run
-    ckpt = str(tmp_path / "checkpoint.pth.tar")
+    ckpt = str(tmp_path / "checkpoint_last.pth.tar")
     shutil.copyfile(os.path.join(folder, "checkpoint_last.pth.tar"), ckpt)
     proc = run_script(["lincls.py", "--data", data, "--resume", ckpt, "--epochs", "2", "--lr", "1.0", *SMALL])
     assert proc.returncode == 0, proc.stdout + proc.stderr
