@@ -25,6 +25,7 @@ from torchvision import transforms as T
 from clsa.builder import backbone
 from clsa.checkpoint import best_acc_value, prefixed_state_dict, restore_run_state, save_run_state
 from clsa.distributed import broadcast_object
+from clsa.engine import set_learning_rate
 from clsa.evaluation import eval_transform, shard_indices
 from clsa.faults import StopRequest
 from clsa.knn import KNNMonitor
@@ -210,8 +211,7 @@ def linear_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogger,
     for epoch in range(args.start_epoch, args.epochs):
         sampler.set_epoch(epoch)
         lr = linear_lr(args.lr, args.final_lr, epoch, args.epochs, args.cos, args.schedule)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rate(optimizer, lr)
         start = time.time()
         train = train_linear_epoch(model, loader_train, optimizer, epoch, ctx.device, args.print_freq, logger.info,
                                    stop)

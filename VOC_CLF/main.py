@@ -31,6 +31,7 @@ from torchvision import transforms as T  # noqa: E402
 
 from clsa.builder import backbone  # noqa: E402
 from clsa.checkpoint import atomic_save  # noqa: E402
+from clsa.engine import set_learning_rate  # noqa: E402
 from clsa.evaluation import eval_transform, extract_features  # noqa: E402
 from clsa.linear import init_head, linear_lr  # noqa: E402
 from clsa.pretrained import load_encoder_weights  # noqa: E402
@@ -152,8 +153,7 @@ def train_head(head: nn.Linear, trunk: nn.Module | None, loader: DataLoader, arg
     losses = []
     for epoch in range(args.epochs):
         lr = linear_lr(args.lr, 0.0, epoch, args.epochs, 1, ())
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rate(optimizer, lr)
         start, total, count = time.time(), 0.0, 0
         for i, (x, labels) in enumerate(loader):
             x, labels = x.to(device), labels.to(device)
