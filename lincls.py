@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms as T
 
 from clsa.builder import backbone
-from clsa.checkpoint import best_acc_value, prefixed_state_dict, restore_run_state, save_run_state
+from clsa.checkpoint import best_acc_value, is_pretraining_state, prefixed_state_dict, restore_run_state, save_run_state
 from clsa.distributed import broadcast_object
 from clsa.engine import set_learning_rate
 from clsa.evaluation import eval_transform, shard_indices
@@ -110,7 +110,7 @@ def resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, args
            logger: RunLogger) -> float:
     """Load a lincls.py checkpoint; returns its best Acc@1 and sets args.start_epoch."""
     def check(ckpt: dict) -> None:
-        if any(".encoder_q." in k or k.startswith("encoder_q.") for k in ckpt["state_dict"]):
+        if is_pretraining_state(ckpt["state_dict"]):
             raise UsageError(f"--resume {args.resume!r} is a pretraining checkpoint; pass it as --pretrained")
 
     try:

@@ -26,7 +26,8 @@ from clsa.distributed import barrier, gather_objects, get_rank, get_world_size, 
 from ops.argparser import TRUST_FLAG
 from ops.errors import UsageError
 
-PREFIX = "module."
+PREFIX = "module."  # DDP's; our checkpoints keep it, as the 2021 ones do
+QUERY_PREFIXES = ("module.encoder_q.", "encoder_q.")  # f_q in a CLSA / MoCo pretraining checkpoint
 
 
 def _numpy_rng_globals() -> list[tuple[Any, str]]:
@@ -87,10 +88,35 @@ def prefixed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {PREFIX + k: v for k, v in unwrap(model).state_dict().items()}
 
 
+def strip_prefix(state: dict[str, Any], prefix: str = PREFIX) -> dict[str, Any]:
+    """`state` with `prefix` removed from the keys that have it (the others unchanged)."""
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+
+
 def load_prefixed_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a state dict with or without the `module.` prefix into `model` (strict)."""
-    stripped = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in state.items()}
-    unwrap(model).load_state_dict(stripped, strict=True)
+    unwrap(model).load_state_dict(strip_prefix(state), strict=True)
+
+
+def is_pretraining_state(state: dict[str, Any]) -> bool:
+    """Whether a state dict is a pretraining checkpoint's (it holds the query encoder f_q)."""
+    return any(k.startswith(QUERY_PREFIXES) for k in state)
+
+
+def backbone_state(state: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """(backbone keys in torchvision names, whether they are f_q of a pretraining checkpoint).
+
+    The one place for the prefix rules: `module.encoder_q.*` (or `encoder_q.*`) wins, its projection head `fc*`
+    included (callers that want a bare backbone drop it); otherwise the `module.` prefix is stripped where present,
+    and the key encoder `encoder_k.*`, `queue` and `queue_ptr` never count as backbone weights.
+    """
+    for prefix in QUERY_PREFIXES:
+        picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if picked:
+            return picked, True
+    stripped = strip_prefix(state)
+    return ({k: v for k, v in stripped.items()
+             if not k.startswith(("encoder_k.", "encoder_q.")) and k not in ("queue", "queue_ptr")}, False)
 
 
 def rng_state() -> dict[str, Any]:

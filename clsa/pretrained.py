@@ -20,10 +20,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from clsa.checkpoint import load_file
+from clsa.checkpoint import backbone_state, load_file
 from ops.errors import UsageError
 
-ENCODER_Q = "module.encoder_q."
 FC_KEYS = frozenset({"fc.weight", "fc.bias"})
 
 
@@ -63,19 +62,12 @@ def read_state_dict(path: str, flag: str = "--pretrained", trust: bool = False
 
 
 def encoder_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
-    """Backbone keys (torchvision names) and the source kind of a checkpoint's state dict.
-
-    `module.encoder_q.*` (or `encoder_q.*`) wins: the head `encoder_q.fc*` is dropped. Otherwise a `module.` prefix
-    is stripped; `encoder_k.*`, `queue` and `queue_ptr` never count as backbone weights.
-    """
-    for prefix in (ENCODER_Q, "encoder_q."):
-        picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if picked:
-            return {k: v for k, v in picked.items() if not k.startswith("fc")}, "pretraining"
-    stripped = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    stripped = {k: v for k, v in stripped.items()
-                if not k.startswith(("encoder_k.", "encoder_q.")) and k not in ("queue", "queue_ptr")}
-    return stripped, "linear_or_torchvision"
+    """Backbone keys (torchvision names) and the source kind of a checkpoint's state dict (prefix rules:
+    clsa.checkpoint.backbone_state); the projection head `encoder_q.fc*` of a pretraining checkpoint is dropped."""
+    weights, pretraining = backbone_state(state)
+    if pretraining:
+        return {k: v for k, v in weights.items() if not k.startswith("fc")}, "pretraining"
+    return weights, "linear_or_torchvision"
 
 
 def load_encoder_weights(model: nn.Module, path: str, keep_fc: bool = False, flag: str = "--pretrained",

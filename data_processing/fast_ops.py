@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter
 
 from data_processing.fast_kernels import (
     HAVE_NUMBA,
@@ -49,37 +49,29 @@ def _pil(img: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(img), "RGB")
 
 
-def brightness(img: np.ndarray, factor: float) -> np.ndarray:
-    """torchvision adjust_brightness on a PIL image."""
+def _enhance(img: np.ndarray, factor: float, enhancer: type, blend: object, *degenerate: object) -> np.ndarray:
+    """PIL `enhancer(img).enhance(factor)`; with numba, `blend(img, out, *degenerate, factor)` computes the same."""
     if not HAVE_NUMBA:
-        from PIL import ImageEnhance
-        return np.asarray(ImageEnhance.Brightness(_pil(img)).enhance(factor))
+        return np.asarray(enhancer(_pil(img)).enhance(factor))
     img = np.ascontiguousarray(img)
     out = np.empty_like(img)
-    _blend_const(img, out, 0, factor)
+    blend(img, out, *[d(img) if callable(d) else d for d in degenerate], factor)
     return out
+
+
+def brightness(img: np.ndarray, factor: float) -> np.ndarray:
+    """torchvision adjust_brightness on a PIL image (blend with black)."""
+    return _enhance(img, factor, ImageEnhance.Brightness, _blend_const, 0)
 
 
 def contrast(img: np.ndarray, factor: float) -> np.ndarray:
     """torchvision adjust_contrast on a PIL image (blend with the rounded mean luma)."""
-    if not HAVE_NUMBA:
-        from PIL import ImageEnhance
-        return np.asarray(ImageEnhance.Contrast(_pil(img)).enhance(factor))
-    img = np.ascontiguousarray(img)
-    out = np.empty_like(img)
-    _blend_const(img, out, _mean_luma(img), factor)
-    return out
+    return _enhance(img, factor, ImageEnhance.Contrast, _blend_const, _mean_luma)
 
 
 def saturation(img: np.ndarray, factor: float) -> np.ndarray:
     """torchvision adjust_saturation on a PIL image (blend with the luma)."""
-    if not HAVE_NUMBA:
-        from PIL import ImageEnhance
-        return np.asarray(ImageEnhance.Color(_pil(img)).enhance(factor))
-    img = np.ascontiguousarray(img)
-    out = np.empty_like(img)
-    _blend_gray(img, out, factor)
-    return out
+    return _enhance(img, factor, ImageEnhance.Color, _blend_gray)
 
 
 def hue_shift(hue_factor: float) -> int:

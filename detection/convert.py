@@ -26,10 +26,9 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from clsa.checkpoint import atomic_write, load_file
+from clsa.checkpoint import QUERY_PREFIXES, atomic_write, backbone_state, load_file
 from ops.errors import UsageError
 
-QUERY_PREFIX = "module.encoder_q."
 AUTHOR = "MOCO"
 
 # A state dict counts as a ResNet encoder when it holds the stem and the first block of every stage.
@@ -74,17 +73,11 @@ def extract_encoder(obj: object, source: str = "input") -> dict[str, torch.Tenso
                 candidates.append(obj[key])
         candidates.append(obj)
     for state in candidates:
-        keys = [k for k in state if isinstance(k, str)]
-        if any(k.startswith(QUERY_PREFIX) for k in keys):
-            encoder = {k[len(QUERY_PREFIX) :]: state[k] for k in keys if k.startswith(QUERY_PREFIX)}
-        elif keys and all(k.startswith("module.") for k in keys):
-            encoder = {k[len("module.") :]: state[k] for k in keys}
-        else:
-            encoder = {k: state[k] for k in keys}
+        encoder, _ = backbone_state({k: v for k, v in state.items() if isinstance(k, str)})
         if _is_resnet(encoder):
             return {k: v for k, v in encoder.items() if isinstance(v, torch.Tensor)}
     raise ConversionError(
-        f"{source}: no ResNet encoder found (expected keys like '{QUERY_PREFIX}layer1.0.conv1.weight' "
+        f"{source}: no ResNet encoder found (expected keys like '{QUERY_PREFIXES[0]}layer1.0.conv1.weight' "
         "or 'layer1.0.conv1.weight')"
     )
 

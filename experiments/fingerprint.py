@@ -26,6 +26,9 @@ import torch
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from clsa.checkpoint import load_file  # noqa: E402 - after the path to the repository is known
+
 COMMON = ["--arch", "resnet18", "--batch_size", "8", "--moco_k", "64", "--epochs", "2", "--max_iters", "3",
           "--workers", "1", "--print_freq", "1", "--seed", "0", "--lr", "0.03", "--multiprocessing_distributed", "0"]
 RUNS = {
@@ -76,7 +79,7 @@ def fingerprint(work: str) -> dict:
             raise SystemExit(f"{name}: main_clsa.py exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr}")
         losses = [f"{k}={v}" for line in done.stdout.splitlines() if "Epoch: [" in line
                   for k, v in LOSS.findall(line)]
-        ckpt = torch.load(os.path.join(run_dir, "checkpoint_last.pth.tar"), map_location="cpu", weights_only=True)
+        ckpt = load_file(os.path.join(run_dir, "checkpoint_last.pth.tar"), "fingerprint")
         sums = {k: hashlib.sha256(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
                 for k, t in tensors(ckpt) if t.numel() and t.dtype != torch.bool}
         out[name] = {"losses": losses, "tensors": sums, "epoch": int(ckpt["epoch"])}
