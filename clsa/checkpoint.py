@@ -1,5 +1,6 @@
-"""Checkpoints: the 2021 layout (`module.*` keys), written atomically by rank 0 with the umask's mode, and read
-safely.
+"""The one checkpoint kit: the 2021 layout (`module.*` keys), written atomically by rank 0 with the umask's mode,
+read safely, the prefix rules (`module.`, `module.encoder_q.`) every reader uses, and save/resume of a run for both
+trainers (`save_run_state` / `restore_run_state`, files `checkpoint_last.pth.tar` and `model_best.pth.tar`).
 
 Every file is read with `torch.load(weights_only=True)`: tensors, dicts, lists, tuples, numbers and strings, nothing
 that unpickling could turn into code. Only the numpy types of the previous format's RNG state are allowed on top,
