@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from clsa.builder import backbone
-from clsa.evaluation import eval_transform, extract_features
+from clsa.evaluation import eval_transform, extract_features, topk_accuracy
 from clsa.knn import knn_accuracy
 from clsa.pretrained import load_encoder_weights
 from data_processing.datasets import labelled_splits
@@ -73,9 +73,10 @@ def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def _accuracy(head: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Top-1 of the probe by argmax (the first class on ties; topk's tie order differs)."""
-    return 100.0 * float((head(x).argmax(1) == y).float().mean())
+def _score(head: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The probe's top-1 in percent (clsa.evaluation.topk_accuracy)."""
+    with torch.no_grad():
+        return topk_accuracy(head(x), y, (1,))[0]
 
 
 def linear_probe(feats: dict[str, torch.Tensor], classes: int) -> dict[str, float]:
@@ -85,12 +86,12 @@ def linear_probe(feats: dict[str, torch.Tensor], classes: int) -> dict[str, floa
     cut = max(1, len(y) // 10)
     held, fit = order[:cut], order[cut:]
     xf, xh = _standardise(x[fit], x[held])
-    scores = {wd: _accuracy(fit_logistic(xf, y[fit], classes, wd), xh, y[held]) for wd in WEIGHT_DECAYS}
+    scores = {wd: _score(fit_logistic(xf, y[fit], classes, wd), xh, y[held]) for wd in WEIGHT_DECAYS}
     wd = max(scores, key=lambda k: (scores[k], k))
     xtr, xte = _standardise(x, feats["test_x"])
     head = fit_logistic(xtr, y, classes, wd)
-    return {"top1": _accuracy(head, xte, feats["test_y"]), "weight_decay": wd,
-            "holdout_top1": scores[wd], "train_top1": _accuracy(head, xtr, y)}
+    return {"top1": _score(head, xte, feats["test_y"]), "weight_decay": wd,
+            "holdout_top1": scores[wd], "train_top1": _score(head, xtr, y)}
 
 
 def evaluate(encoder: nn.Module, bank: Dataset, queries: Dataset, k: int = 200, t: float = 0.1, classes: int = 10,
