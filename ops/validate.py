@@ -17,6 +17,13 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian/Ubuntu package
 FASHION_MNIST_FILES = tuple(f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1"))
 
 
+def check_at_least(minimum: int, *flags: tuple[str, float]) -> None:
+    """Refuse the first (flag, value) below `minimum`, naming the flag."""
+    for flag, value in flags:
+        if value < minimum:
+            raise UsageError(f"{flag} must be >= {minimum}, got {value}")
+
+
 def has_fashion_mnist(root: str) -> bool:
     """True when `root` holds the four IDX files (gzipped or plain)."""
     return all(os.path.isfile(os.path.join(root, f + ".gz")) or os.path.isfile(os.path.join(root, f))
@@ -88,14 +95,10 @@ def check_pretrain_args(args: argparse.Namespace) -> None:
     """All checks of `main_clsa.py` that need no process group."""
     check_arch(args.arch)
     check_views(args)
-    for flag, value in (("--epochs", args.epochs), ("--batch_size", args.batch_size), ("--moco_k", args.moco_k),
-                        ("--moco_dim", args.moco_dim), ("--cpu_procs", args.cpu_procs),
-                        ("--print_freq", args.print_freq), ("--knn_freq", args.knn_freq)):
-        if value < 1:
-            raise UsageError(f"{flag} must be >= 1, got {value}")
-    for flag, value in (("--workers", args.workers), ("--warmup_iters", args.warmup_iters)):
-        if value < 0:
-            raise UsageError(f"{flag} must be >= 0, got {value}")
+    check_at_least(1, ("--epochs", args.epochs), ("--batch_size", args.batch_size), ("--moco_k", args.moco_k),
+                   ("--moco_dim", args.moco_dim), ("--cpu_procs", args.cpu_procs),
+                   ("--print_freq", args.print_freq), ("--knn_freq", args.knn_freq))
+    check_at_least(0, ("--workers", args.workers), ("--warmup_iters", args.warmup_iters))
     if not 0 <= args.moco_m <= 1:
         raise UsageError(f"--moco_m must be in [0, 1], got {args.moco_m}")
     if args.moco_t <= 0 or args.clsa_t <= 0:
