@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from clsa import trace
 from clsa.distributed import broadcast_tensor, concat_all_gather, get_rank, get_world_size
 from ops.errors import UsageError
 
@@ -88,6 +89,8 @@ class CLSA(nn.Module):
         mine = perm[get_rank() * n:(get_rank() + 1) * n]
         k = F.normalize(self.encoder_k(self._fmt(x_all[mine])).float(), dim=1)
         k_perm = concat_all_gather(k)
+        if trace.enabled():  # tests: the gathered inputs (one number per row), this process's own, the permutation
+            trace.record(get_rank(), "keys", gathered=trace.fingerprint(x_all), own=trace.fingerprint(x), perm=perm)
         return k_perm[torch.argsort(perm)]
 
     def _fmt(self, x: torch.Tensor) -> torch.Tensor:

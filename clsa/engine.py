@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
+from clsa import trace
 from clsa.faults import StopRequest, agree
 from clsa.step import CLSAStep
 from ops.launch import DistContext
@@ -73,8 +74,12 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         n = views[0].shape[0]
         global_step = epoch * steps_per_epoch + i  # one counter for the lr schedule and TensorBoard
         set_learning_rate(optimizer, lr_at(epoch + i / steps_per_epoch, global_step))
-        out = step.loss(model, views, ctx.rank * n)
+        offset = ctx.rank * n  # the positive of local row j is row offset + j of the gathered keys
+        out = step.loss(model, views, offset)
         loss, stats = out.loss, out.stats
+        if trace.enabled():  # tests: the rows of the gathered keys this process used as its positives
+            trace.record(ctx.rank, "step", epoch=epoch, iteration=i, positives=list(range(offset, offset + n)),
+                         loss=loss.item())
         stop_now, finite = agree(stop is not None and stop.signum is not None, bool(torch.isfinite(loss)),
                                  ctx.device)
         if not finite:
