@@ -4,8 +4,9 @@
     python3 main_clsa.py --data=<root with train/> [flags of the paper's README]
 
 Without a GPU the same command trains on CPU (gloo); `--cpu_procs N` spawns N CPU processes.
-Exit codes: 0 done, 2 bad input, 3 non-finite loss, 75 preempted (SIGTERM/SIGUSR1; rerun with --resume),
-130 interrupted (SIGINT). A checkpoint is written before 75 and 130.
+Exit codes: 0 done, 2 bad input, 3 non-finite loss, 69 lost contact with a peer process (another node or process
+died or stopped answering within --dist_timeout; rerun with --resume auto), 75 preempted (SIGTERM/SIGUSR1; rerun
+with --resume), 130 interrupted (SIGINT). A checkpoint is written before 75 and 130.
 """
 
 from __future__ import annotations
@@ -88,6 +89,16 @@ def save(model, optimizer, args, run_dir, epoch, iteration, best_acc, is_best=Fa
     return save_run_state(state, run_dir, done, is_best and iteration == 0, args.save_freq if iteration == 0 else 0)
 
 
+def rerun_hint(args: argparse.Namespace, run_dir: str) -> str:
+    """After a lost peer: where the last checkpoint is (complete: files are written atomically) and how to go on."""
+    last = os.path.join(run_dir, LAST)
+    state = f"the last checkpoint {last} is intact" if os.path.exists(last) else f"no checkpoint in {run_dir} yet"
+    flags = [] if args.resume == "auto" else ["--resume auto"]
+    if not args.run_dir:
+        flags.append(f"--run_dir {run_dir}")
+    return f"{state}; rerun the same command" + (f" with {' '.join(flags)}" if flags else "")
+
+
 def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
     stop = StopRequest().install()
     if ctx.device.type == "cpu":
@@ -105,6 +116,7 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
     pos = resume(args, model, optimizer)
 
     run_dir = broadcast_object(run_dir_for(args) if ctx.is_main else None)
+    ctx.rerun_hint = lambda: rerun_hint(args, run_dir)
     logger = RunLogger(run_dir, ctx.is_main)
     logger.info(f"run directory: {run_dir}")
     logger.info(f"{ctx.world_size} process(es) on {ctx.device.type}, batch {batch} per process "

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -33,6 +34,8 @@ class DistContext:
     local_world_size: int = 1
     node_rank: int = 0
     device: torch.device = torch.device("cpu")
+    # What to do after a lost peer, said at that moment (the worker sets it once it knows its checkpoint).
+    rerun_hint: Callable[[], str] = field(default=lambda: "rerun the same command with --resume auto")
 
     @property
     def distributed(self) -> bool:
@@ -44,6 +47,23 @@ class DistContext:
 
 
 Worker = Callable[[DistContext, argparse.Namespace], None]
+
+EXIT_PEER_LOST = 69  # EX_UNAVAILABLE: another process or node stopped answering; rerun with --resume auto
+
+# How gloo (and the c10d store) say that the other end of a connection is gone or silent past --dist_timeout.
+_LOST_PEER = re.compile(r"gloo/transport|connection (reset|closed|refused) by peer|timed out waiting|pair closure|"
+                        r"socket timeout|broken pipe", re.IGNORECASE)
+
+
+def lost_peer(err: BaseException) -> str | None:
+    """gloo's message, shortened to its first sentence without the source location, when `err` says that a peer
+    process is gone (connection reset or closed, or no answer within --dist_timeout); None for any other error."""
+    lost = isinstance(err, (dist.DistNetworkError, dist.DistStoreError)) or (
+        isinstance(err, RuntimeError) and _LOST_PEER.search(str(err)))
+    if not lost:
+        return None
+    text = re.sub(r"\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", str(err).strip().splitlines()[0])
+    return re.split(r"(?<=[a-z])\. ", text)[0].rstrip(".")
 
 
 def _torchrun_env() -> bool:
@@ -95,6 +115,14 @@ def _run(ctx: DistContext, args: argparse.Namespace, worker: Worker, prog: str, 
         if ctx.is_main:
             print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except RuntimeError as err:
+        detail = lost_peer(err) if ctx.distributed else None
+        if detail is None:
+            raise
+        if ctx.local_rank == 0:  # one line per node
+            print(f"{prog}: error: lost contact with a peer process ({detail}; seen by rank {ctx.rank} on node "
+                  f"{ctx.node_rank}); {ctx.rerun_hint()}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_PEER_LOST) from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -136,12 +164,13 @@ def launch(worker: Worker, args: argparse.Namespace, prog: str,
     `check(processes_per_node, world_size)` before anything starts. Global rank 0 (or the launching process) then
     prints `<prog>: finished in H:MM:SS`."""
     start = time.time()
-    _launch(worker, args, prog, check)
-    if os.environ.get("RANK", "0") == "0":
+    node_rank = _launch(worker, args, prog, check)
+    if os.environ.get("RANK", "0") == "0" and node_rank == 0:
         print(f"{prog}: finished in {format_duration(time.time() - start)}", flush=True)
 
 
-def _launch(worker: Worker, args: argparse.Namespace, prog: str, check: Callable[[int, int], None] | None) -> None:
+def _launch(worker: Worker, args: argparse.Namespace, prog: str, check: Callable[[int, int], None] | None) -> int:
+    """Run the node's workers; returns the node rank."""
     raise_file_limit()
     try:
         nproc, node_rank, world, cuda = plan(args)
@@ -154,20 +183,22 @@ def _launch(worker: Worker, args: argparse.Namespace, prog: str, check: Callable
         device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
         ctx = DistContext(int(os.environ["RANK"]), world, local, nproc, node_rank, device)
         _run(ctx, args, worker, prog, cuda)
-        return
+        return node_rank
     if nproc == 1 and world == 1 or not args.multiprocessing_distributed:
         gpu = args.gpu if args.gpu is not None else 0
         device = torch.device(f"cuda:{gpu}") if cuda else torch.device("cpu")
         _run(DistContext(node_rank, world, 0, 1, node_rank, device), args, worker, prog, cuda)
-        return
+        return node_rank
     context = mp.start_processes(_spawned, args=(worker, args, prog, nproc, node_rank, world, cuda), nprocs=nproc,
                                  join=False, start_method="spawn")
     _forward_stop_signals([p.pid for p in context.processes])
     try:
-        while not context.join():
+        # After one worker fails, give the others 10 s to stop by themselves (a lost peer reaches them all).
+        while not context.join(grace_period=10):
             pass
     except mp.ProcessExitedException as err:
         raise SystemExit(err.exit_code if err.exit_code and err.exit_code > 0 else 1) from None
+    return node_rank
 
 
 def _forward_stop_signals(pids: list[int]) -> None:
