@@ -34,6 +34,8 @@ from clsa.engine import NonFiniteLoss, learning_rate, train_one_epoch
 from clsa.faults import EXIT_NONFINITE, StopRequest, agree
 from clsa.step import CLSAStep, MethodConfig
 from data_processing.datasets import build_dataset
+from data_processing.device_views import DeviceViews, EncodedImages, collate_encoded, read_file_bytes
+from data_processing.gpu_views import BatchViews
 from data_processing.sampling import EpochSampler, RobustViews
 from data_processing.transforms import MultiViewTransform, expand_crops
 from ops.argparser import parse_args
@@ -59,15 +61,23 @@ def run_dir_for(args: argparse.Namespace) -> str:
                                        f"lr_{args.lr}", f"cos_{args.cos}", timestamp()))
 
 
-def build_loader(args: argparse.Namespace, ctx: DistContext, batch: int, transform: MultiViewTransform) -> DataLoader:
-    dataset = RobustViews(build_dataset(args.dataset, args.data, "train", transform), args.seed, args.strict_data)
+def build_loader(args: argparse.Namespace, ctx: DistContext, batch: int, transform: MultiViewTransform | None
+                 ) -> DataLoader:
+    """The training loader: views built by the workers (`transform`), or with --views gpu (transform None) the
+    images as file bytes (ImageFolder) or decoded uint8 tensors (Fashion-MNIST), left to DeviceViews."""
+    if transform is None:
+        images = EncodedImages(build_dataset(args.dataset, args.data, "train", None, loader=read_file_bytes))
+    else:
+        images = build_dataset(args.dataset, args.data, "train", transform)
+    dataset = RobustViews(images, args.seed, args.strict_data)
     check_enough_images(len(dataset), batch * ctx.world_size)
     sampler = EpochSampler(dataset, ctx.world_size, ctx.rank, args.seed or 0, batch)
     workers = math.ceil(args.workers / ctx.local_world_size)
     generator = torch.Generator().manual_seed(args.seed + ctx.rank) if args.seed is not None else None
     return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
                       pin_memory=ctx.device.type == "cuda", worker_init_fn=loader_worker_init, generator=generator,
-                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                      collate_fn=collate_encoded if transform is None else None)
 
 
 def resume(args: argparse.Namespace, model: CLSA, optimizer: torch.optim.Optimizer) -> dict:
@@ -107,8 +117,13 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
     batch = args.batch_size // ctx.local_world_size  # checked in main() (launch's check)
     crops = expand_crops(args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops)
     method = MethodConfig.from_args(args)
-    transform = MultiViewTransform(crops, list(method.pick_weak), list(method.pick_strong), args.aug_times)
-    loader = build_loader(args, ctx, batch, transform)
+    if args.views == "gpu":
+        transform = BatchViews(crops, list(method.pick_weak), list(method.pick_strong), args.aug_times)
+        make_views = DeviceViews(transform, ctx.device, args.seed, ctx.rank, args.strict_data)
+    else:
+        transform = MultiViewTransform(crops, list(method.pick_weak), list(method.pick_strong), args.aug_times)
+        make_views = None
+    loader = build_loader(args, ctx, batch, None if make_views else transform)
     model = CLSA(args.arch, args.moco_dim, args.moco_k, args.moco_m, bool(args.mlp), bool(args.sym),
                  args.channels_last).to(ctx.device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], args.lr,
@@ -135,12 +150,12 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
         model = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     logger.write_json("args.json", vars(args))
     try:
-        train(model, optimizer, loader, CLSAStep(method), args, ctx, logger, run_dir, pos, stop)
+        train(model, optimizer, loader, CLSAStep(method), args, ctx, logger, run_dir, pos, stop, make_views)
     finally:
         logger.close()
 
 
-def train(model, optimizer, loader, step, args, ctx, logger, run_dir, pos, stop) -> None:
+def train(model, optimizer, loader, step, args, ctx, logger, run_dir, pos, stop, make_views=None) -> None:
     knn_monitor = _knn_monitor(args, ctx, logger)
 
     def lr_at(epoch: float, iteration: int) -> float:
@@ -153,7 +168,7 @@ def train(model, optimizer, loader, step, args, ctx, logger, run_dir, pos, stop)
         try:
             summary = train_one_epoch(model, loader, optimizer, step, lr_at, epoch, ctx,
                                       logger, loader.sampler.batches_per_epoch(), start_iter, stop,
-                                      args.max_iters, args.print_freq, args.skip_nonfinite)
+                                      args.max_iters, args.print_freq, args.skip_nonfinite, make_views)
         except NonFiniteLoss as err:
             last = os.path.join(run_dir, LAST)
             logger.info(f"{PROG}: error: {err}; the last good checkpoint is {last if os.path.exists(last) else 'none'}"

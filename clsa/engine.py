@@ -50,7 +50,9 @@ class NonFiniteLoss(RuntimeError):
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, step: CLSAStep,
                     lr_at: Callable[[float, int], float], epoch: int, ctx: DistContext, logger: RunLogger,
                     steps_per_epoch: int, start_iter: int = 0, stop: StopRequest | None = None, max_iters: int = 0,
-                    print_freq: int = 10, skip_nonfinite: bool = False) -> dict:
+                    print_freq: int = 10, skip_nonfinite: bool = False,
+                    make_views: Callable[[object, int, int], tuple[list[torch.Tensor], list[str]]] | None = None
+                    ) -> dict:
     """Train one epoch from batch `start_iter`; `lr_at(fractional epoch, global iteration)` sets the lr of each
     iteration, `max_iters` > 0 ends the epoch early. Returns the epoch means (loss, infonce, ddm, acc1, acc5,
     img_per_s, seconds), `stopped_at` (the next batch index when a stop signal ended the epoch early, else None)
@@ -67,10 +69,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         if i >= n_iters:
             break
         meters["data"].update(time.time() - end)
-        for name in (f for entry in skipped if entry for f in entry.split("|")):
+        if make_views is None:  # --views cpu: the loader built them
+            views, undecodable = [v.to(ctx.device, non_blocking=True) for v in views], []
+        else:  # --views gpu: decode and build them here, on the device (data_processing/device_views.py)
+            views, undecodable = make_views(views, epoch, i)
+        for name in [f for entry in skipped if entry for f in entry.split("|")] + undecodable:
             skipped_files.append(name)
             logger.info(f"warning: skipped unreadable image {name}")
-        views = [v.to(ctx.device, non_blocking=True) for v in views]
         n = views[0].shape[0]
         global_step = epoch * steps_per_epoch + i  # one counter for the lr schedule and TensorBoard
         set_learning_rate(optimizer, lr_at(epoch + i / steps_per_epoch, global_step))

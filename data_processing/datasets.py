@@ -71,12 +71,16 @@ class FashionMNIST(Dataset):
         return img, int(self.targets[i])
 
 
-def build_dataset(name: str, root: str, split: str, transform: Callable | None) -> Dataset:
-    """'FashionMNIST' reads the IDX files in `root`; anything else is ImageFolder(<root>/<split>).
+def build_dataset(name: str, root: str, split: str, transform: Callable | None, loader: Callable | None = None
+                  ) -> Dataset:
+    """'FashionMNIST' reads the IDX files in `root`; anything else is ImageFolder(<root>/<split>), its files read
+    by `loader` (default: PIL; --views gpu: the bytes only).
 
     `root` is used as given (the entry scripts resolve --data defaults: ops.validate.resolve_fashion_mnist)."""
     if name.lower() == "fashionmnist":
         return FashionMNIST(root, split, transform)
+    if loader is not None:
+        return ImageFolder(os.path.join(root, split), transform=transform, loader=loader)
     return ImageFolder(os.path.join(root, split), transform=transform)
 
 

@@ -175,7 +175,16 @@ class BatchViews:
         settings = [self.crops[0]] + [self.crops[i] for i in self.pick_weak + self.pick_strong]
         self.plan = [(c, k > len(self.pick_weak)) for k, c in enumerate(settings)]  # (crop, strong?)
 
+    @property
+    def num_weak(self) -> int:
+        return len(self.pick_weak)
+
+    @property
+    def num_strong(self) -> int:
+        return len(self.pick_strong)
+
     def sizes(self) -> list[int]:
+        """Output size of every view, in order."""
         return [c.size for c, _ in self.plan]
 
     def __call__(self, images: Sequence[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:

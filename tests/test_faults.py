@@ -46,9 +46,10 @@ def _read_until(proc, pattern: str, timeout: float = 120) -> str:
     raise AssertionError(f"never saw {pattern!r}:\n{seen}")
 
 
-def test_sigterm_then_resume_auto_matches_uninterrupted(folder48, tmp_path):
+@pytest.mark.parametrize("views", ["cpu", "gpu"])  # gpu: decoded and built in the training process (CPU here)
+def test_sigterm_then_resume_auto_matches_uninterrupted(folder48, tmp_path, views):
     common = ["--data", folder48, *SMALL, "--batch_size", "4", "--moco_k", "16", "--epochs", "2", "--workers", "1",
-              "--seed", "5"]
+              "--seed", "5", "--views", views]
     ref = run_script(["main_clsa.py", *common, "--run_dir", str(tmp_path / "ref")])
     assert ref.returncode == 0, ref.stdout + ref.stderr
 
@@ -112,7 +113,8 @@ def test_kill_rank1_exits_nonzero_quickly_and_last_checkpoint_loads(folder48, tm
     assert ckpt["epoch"] >= 1 and "module.queue" in ckpt["state_dict"]
 
 
-def test_unreadable_images_are_skipped_and_counted(tmp_path):
+@pytest.mark.parametrize("views", ["cpu", "gpu"])
+def test_unreadable_images_are_skipped_and_counted(tmp_path, views):
     root = write_image_folder(str(tmp_path / "bad"), classes=2, per_class=7)
     truncated = os.path.join(root, "train", "class0", "truncated.jpg")
     good = open(os.path.join(root, "train", "class0", "0.jpg"), "rb").read()
@@ -120,13 +122,14 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     empty = os.path.join(root, "train", "class1", "empty.jpg")
     open(empty, "wb").close()
     r = run_script(["main_clsa.py", "--data", root, *SMALL, "--batch_size", "8", "--moco_k", "16", "--epochs", "1",
-                    "--workers", "1", "--log_path", str(tmp_path / "log")])
+                    "--workers", "1", "--log_path", str(tmp_path / "log"), "--views", views])
     assert r.returncode == 0, r.stdout + r.stderr
     summary = [line for line in r.stdout.splitlines() if "skipped 2 unreadable image(s)" in line]
     assert len(summary) == 1 and truncated in summary[0] and empty in summary[0]
 
     strict = run_script(["main_clsa.py", "--data", root, *SMALL, "--batch_size", "8", "--moco_k", "16",
-                         "--epochs", "1", "--workers", "0", "--log_path", str(tmp_path / "log2"), "--strict_data"])
+                         "--epochs", "1", "--workers", "0", "--log_path", str(tmp_path / "log2"), "--strict_data",
+                         "--views", views])
     assert strict.returncode != 0 and "unreadable image" in strict.stdout + strict.stderr
 
 
