@@ -68,3 +68,18 @@ def test_bench_alloc_tiny():
         assert set(modes) == {"baseline", "default", "keys_first"}
         # the key-first order computes the same loss as the project's step
         assert modes["keys_first"]["first_loss"] == modes["default"]["first_loss"]
+
+
+def test_gpu_views_check_dry_run():
+    out = _last_json(run_script(["benchmarks/gpu_views_check.py", "--dry-run"]))
+    runs = out["end_to_end"]["single"]
+    assert out["dry_run"] and [(r["views"], r["rc"]) for r in runs] == [("gpu", 0), ("cpu", 0)]
+    assert all(r["iterations"] == 4 and r["img_per_s"] > 0 for r in runs)
+    assert out["step"]["single"]["img_per_s"] > 0 and out["supervised_img_per_s"] > 0
+
+
+def test_bench_device_views_tiny():
+    out = _last_json(run_script(["benchmarks/bench_device_views.py", *TINY, "--seconds", "0.2", "--images", "10",
+                                 "--batch", "4", "--json"]))
+    assert 0 < out["b_worker_cpu_s_per_img_gpu_views"] < out["b_worker_cpu_s_per_img_cpu_views"]
+    assert out["a_batchviews_img_per_s"] > 0
