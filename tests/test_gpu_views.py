@@ -202,3 +202,11 @@ def test_views_match_the_cpu_pipeline_in_distribution(photos):
         a, b = _statistics(ours[k]), _statistics(torch.stack([v[k] for v in cpu]))
         for stat in a:
             _same_distribution(a[stat], b[stat], f"{kind} view {stat}")
+
+
+@pytest.mark.parametrize("hue", [0.07, -0.1])
+def test_hue_shift_matches_torchvision(hue):
+    x = torch.rand(4, 3, 16, 16, generator=gen(2))
+    h, s, v = gv.rgb_to_hsv(x)
+    ref = torch.stack([T.functional.adjust_hue(xi, hue) for xi in x])
+    assert (gv.hsv_to_rgb((h + hue) % 1.0, s, v) - ref).abs().max() < 1e-5
