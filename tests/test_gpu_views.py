@@ -210,3 +210,26 @@ def test_hue_shift_matches_torchvision(hue):
     h, s, v = gv.rgb_to_hsv(x)
     ref = torch.stack([T.functional.adjust_hue(xi, hue) for xi in x])
     assert (gv.hsv_to_rgb((h + hue) % 1.0, s, v) - ref).abs().max() < 1e-5
+
+
+def test_device_views_decode_mixed_files_and_replace_unreadable(photos, tmp_path):
+    """JPEG, PNG and grayscale files decode; a truncated JPEG is named and its slot takes the next readable image;
+    with strict, it stops the run."""
+    from data_processing.device_views import DeviceViews, read_file_bytes
+    paths = {}
+    for name, fmt, img in (("a.jpg", "JPEG", photos[0]), ("b.png", "PNG", photos[1]),
+                           ("c.jpg", "JPEG", photos[2].convert("L"))):
+        paths[name] = str(tmp_path / name)
+        img.save(paths[name], fmt)
+    good = open(paths["a.jpg"], "rb").read()
+    paths["bad.jpg"] = str(tmp_path / "bad.jpg")
+    open(paths["bad.jpg"], "wb").write(good[: len(good) // 2])
+    names = ["bad.jpg", "a.jpg", "b.png", "c.jpg"]
+    batch = ([read_file_bytes(paths[n]) for n in names], names)
+    make = DeviceViews(gv.BatchViews(CROPS, [0], [1], 2), torch.device("cpu"), seed=1, rank=0)
+    views, bad = make(batch, 0, 0)
+    assert bad == ["bad.jpg"] and [tuple(v.shape) for v in views] == [(4, 3, 32, 32), (4, 3, 32, 32), (4, 3, 16, 16)]
+    again, _ = make(batch, 0, 0)
+    assert all(torch.equal(x, y) for x, y in zip(views, again, strict=True))  # seeded by (seed, epoch, it, rank)
+    with pytest.raises(RuntimeError, match="unreadable image bad.jpg"):
+        DeviceViews(make.views, torch.device("cpu"), 1, 0, strict=True)(batch, 0, 0)
