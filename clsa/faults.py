@@ -41,7 +41,8 @@ class StopRequest:
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else ""
+        """The signal's name; on a process that stops because another one was signalled (agree), says so."""
+        return signal.Signals(self.signum).name if self.signum is not None else "stop signal on another process"
 
 
 def agree(stop_requested: bool, loss_finite: bool, device: torch.device) -> tuple[bool, bool]:
