@@ -1,8 +1,9 @@
 """Debug records for tests of distributed runs, off unless the environment variable CLSA_TRACE_DIR is set.
 
 With CLSA_TRACE_DIR=<dir>, every training process appends one JSON object per record to `<dir>/rank<r>.jsonl`
-(r = global rank): what the shuffle-BN key encoder gathered and permuted (`clsa.builder`), and which rows of the
-gathered keys each process used as its positives, with its loss (`clsa.engine`). tests/test_two_nodes.py reads them
+(r = global rank): what the shuffle-BN key encoder gathered and permuted (`clsa.builder`), which rows of the
+gathered keys each process used as its positives, with its loss (`clsa.engine`), and which images each process
+validated in `lincls.py` (`clsa.linear.validate`). tests/test_two_nodes.py reads them
 to check, on real separate hosts, that the positives are the rows global rank x N + i. Nothing is recorded, and
 nothing is computed for it, when the variable is unset.
 """
