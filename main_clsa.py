@@ -152,7 +152,18 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
     try:
         train(model, optimizer, loader, CLSAStep(method), args, ctx, logger, run_dir, pos, stop, make_views)
     finally:
+        shutdown_loader_workers(loader)
         logger.close()
+
+
+def shutdown_loader_workers(loader: DataLoader) -> None:
+    """Stop the persistent loader workers now. Left to interpreter exit (a SystemExit whose traceback keeps the loader
+    alive), multiprocessing would terminate them with SIGTERM, which they ignore (ops.environment), and wait forever:
+    a 4-process run hung after its SIGTERM checkpoint that way."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
 
 
 def train(model, optimizer, loader, step, args, ctx, logger, run_dir, pos, stop, make_views=None) -> None:
