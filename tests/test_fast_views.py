@@ -6,7 +6,6 @@ statistics of the produced tensors. Dropping an op or changing a parameter moves
 tolerances (two-sample KS p-values, or proportions more than 5 standard errors apart).
 """
 
-import math
 import random
 from collections import Counter
 
@@ -15,6 +14,7 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 from scipy import stats
+from stats_support import P_MIN, same_distribution, same_rate
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
@@ -24,8 +24,6 @@ from data_processing import fast_ops
 from data_processing import fast_views as fv
 from data_processing import randaugment as ra
 from data_processing.transforms import MultiViewTransform, expand_crops
-
-P_MIN = 1e-4  # KS p-value below which two samples are declared different
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +36,6 @@ def small_photos(photos) -> list[Image.Image]:
     return [p.resize((100, 75)) for p in photos]
 
 
-def _same_rate(k1: int, n1: int, k2: int, n2: int) -> None:
-    p = (k1 + k2) / (n1 + n2)
-    se = math.sqrt(max(p * (1 - p), 1e-12) * (1 / n1 + 1 / n2))
-    assert abs(k1 / n1 - k2 / n2) <= 5 * se + 1e-9, (k1 / n1, k2 / n2)
-
-
-def _same_distribution(a, b, what: str) -> None:
-    assert len(a) > 50 and len(b) > 50, what
-    p = stats.ks_2samp(np.asarray(a, float), np.asarray(b, float)).pvalue
-    assert p > P_MIN, f"{what}: KS p = {p:.2g} (means {np.mean(a):.4g} vs {np.mean(b):.4g})"
-
-
 @pytest.mark.parametrize("scale", [(0.2, 1.0), (0.086, 0.429)])
 def test_crop_area_aspect_and_position_match_torchvision(scale):
     random.seed(0)
@@ -60,7 +46,7 @@ def test_crop_area_aspect_and_position_match_torchvision(scale):
     ours = [fv.crop_box(w, h, scale, (3 / 4, 4 / 3)) for _ in range(n)]
     for name, f in (("area", lambda c: c[2] * c[3] / (w * h)), ("aspect", lambda c: c[3] / c[2]),
                     ("centre x", lambda c: (c[1] + c[3] / 2) / w), ("centre y", lambda c: (c[0] + c[2] / 2) / h)):
-        _same_distribution([f(c) for c in ours], [f(c) for c in tv], f"crop {name} {scale}")
+        same_distribution([f(c) for c in ours], [f(c) for c in tv], f"crop {name} {scale}")
 
 
 class Recorder:
@@ -151,10 +137,10 @@ def test_op_application_rates_match_reference(recorded):
     expected = {"jitter": 0.8, "gray": 0.2, "blur": 0.5, "flip": 0.5}
     for name, get in (("jitter", lambda r: sum(op == "brightness" for op, _ in r.jitter)), ("gray", lambda r: r.gray),
                       ("blur", lambda r: len(r.sigmas)), ("flip", lambda r: r.flips)):
-        _same_rate(get(fast), n, get(refr), n)
-        _same_rate(get(fast), n, round(expected[name] * 10 * n), 10 * n)  # and the nominal probability
+        same_rate(get(fast), n, get(refr), n)
+        same_rate(get(fast), n, round(expected[name] * 10 * n), 10 * n)  # and the nominal probability
     # RandAugment: 5 draws with replacement, each applied with probability 1/2 -> 2.5 ops per view, uniform pool
-    _same_rate(len(fast.ra_ops), 5 * n, len(refr.ra_ops), 5 * n)
+    same_rate(len(fast.ra_ops), 5 * n, len(refr.ra_ops), 5 * n)
     cf, cr = Counter(fast.ra_ops), Counter(refr.ra_ops)
     table = np.array([[cf[k] for k in RA_NAMES], [cr[k] for k in RA_NAMES]])
     assert stats.chi2_contingency(table).pvalue > P_MIN
@@ -166,7 +152,7 @@ def test_jitter_factors_order_and_blur_sigma_match_reference(recorded):
     for name in ("brightness", "contrast", "saturation", "hue"):
         a = [f for op, f in rec["fast"].jitter if op == name]
         b = [f for op, f in rec["reference"].jitter if op == name]
-        _same_distribution(a, b, f"{name} factor")
+        same_distribution(a, b, f"{name} factor")
     lo_hi = {"brightness": (0.6, 1.4), "hue": (-0.1, 0.1)}
     for name, (lo, hi) in lo_hi.items():
         a = [f for op, f in rec["fast"].jitter if op == name]
@@ -175,7 +161,7 @@ def test_jitter_factors_order_and_blur_sigma_match_reference(recorded):
     firsts = {k: Counter(r.jitter[i][0] for i in range(0, len(r.jitter), 4)) for k, r in rec.items()}
     table = np.array([[firsts[k][op] for op in ("brightness", "contrast", "saturation", "hue")] for k in firsts])
     assert stats.chi2_contingency(table).pvalue > P_MIN and stats.chisquare(table[0]).pvalue > P_MIN
-    _same_distribution(rec["fast"].sigmas, rec["reference"].sigmas, "blur sigma")
+    same_distribution(rec["fast"].sigmas, rec["reference"].sigmas, "blur sigma")
     assert 0.1 <= min(rec["fast"].sigmas) and max(rec["fast"].sigmas) <= 2.0
 
 
@@ -215,6 +201,6 @@ def test_view_tensor_statistics_match_reference(single_crop_views, view):
     a, b = single_crop_views["fast"][:, view], single_crop_views["reference"][:, view]
     names = ["mean R", "mean G", "mean B", "std R", "std G", "std B", "|grad x|"]
     for j, name in enumerate(names):
-        _same_distribution(a[:, j], b[:, j], f"view {view} {name}")
+        same_distribution(a[:, j], b[:, j], f"view {view} {name}")
     n = len(a)
-    _same_rate(int(a[:, 7].sum()), n, int(b[:, 7].sum()), n)  # grayscale views (p = 0.2, rarely by chance)
+    same_rate(int(a[:, 7].sum()), n, int(b[:, 7].sum()), n)  # grayscale views (p = 0.2, rarely by chance)

@@ -10,14 +10,13 @@ U[0.1, 1.5] -> test_blur_rate_and_sigma_match_pil; jitter strength 0.3 -> test_j
 crop area drawn as U^1.2 -> test_crop_area_aspect_and_position_match_torchvision.
 """
 
-import math
 import random
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFilter
-from scipy import stats
+from stats_support import same_distribution, same_rate
 from torchvision import transforms as T
 
 from benchmarks.photos import decode, photo_bytes
@@ -27,7 +26,6 @@ from data_processing import randaugment as ra
 from data_processing.fast_views import IMAGENET_MEAN, IMAGENET_STD
 from data_processing.transforms import MultiViewTransform, expand_crops
 
-P_MIN = 1e-4
 CROPS = expand_crops([1, 1], [32, 16], [0.2, 0.086], [1.0, 0.429])
 
 
@@ -42,17 +40,6 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def photos() -> list[Image.Image]:
     return [decode(b).resize((100, 75)) for b in photo_bytes()]
-
-
-def _same_rate(k1: int, n1: int, k2: float, n2: int) -> None:
-    p = (k1 + k2) / (n1 + n2)
-    se = math.sqrt(max(p * (1 - p), 1e-12) * (1 / n1 + 1 / n2))
-    assert abs(k1 / n1 - k2 / n2) <= 5 * se + 1e-9, (k1 / n1, k2 / n2)
-
-
-def _same_distribution(a, b, what: str) -> None:
-    p = stats.ks_2samp(np.asarray(a, float), np.asarray(b, float)).pvalue
-    assert p > P_MIN, f"{what}: KS p = {p:.2g} (means {np.mean(a):.4g} vs {np.mean(b):.4g})"
 
 
 def test_shapes_dtypes_and_normalisation(photos):
@@ -96,18 +83,18 @@ def test_crop_area_aspect_and_position_match_torchvision(scale):
     ours = gv.crop_boxes(torch.tensor([[h, w]] * n), scale, gen()).tolist()
     for name, f in (("area", lambda c: c[2] * c[3] / (w * h)), ("aspect", lambda c: c[3] / c[2]),
                     ("centre x", lambda c: (c[1] + c[3] / 2) / w), ("centre y", lambda c: (c[0] + c[2] / 2) / h)):
-        _same_distribution([f(c) for c in ours], [f(c) for c in tv], f"crop {name} {scale}")
+        same_distribution([f(c) for c in ours], [f(c) for c in tv], f"crop {name} {scale}")
     assert all(0 <= c[0] and c[0] + c[2] <= h and 0 <= c[1] and c[1] + c[3] <= w for c in ours)
 
 
 def test_grayscale_flip_and_jitter_rates(photos):
     x = torch.stack([to_tensor(photos[0].resize((16, 16)))] * 4000).float() / 255
     grey = gv.random_grayscale(x, gen(1))
-    _same_rate(int((grey[:, 0] == grey[:, 1]).all((1, 2)).sum()), len(x), 0.2 * len(x), len(x))
+    same_rate(int((grey[:, 0] == grey[:, 1]).all((1, 2)).sum()), len(x), 0.2 * len(x), len(x))
     flipped = gv.random_flip(x, gen(2))
-    _same_rate(int((flipped != x).any((1, 2, 3)).sum()), len(x), 0.5 * len(x), len(x))
+    same_rate(int((flipped != x).any((1, 2, 3)).sum()), len(x), 0.5 * len(x), len(x))
     jittered = gv.color_jitter(x, gen(3))
-    _same_rate(int(((jittered - x).abs() > 1e-6).any((1, 2, 3)).sum()), len(x), 0.8 * len(x), len(x))
+    same_rate(int(((jittered - x).abs() > 1e-6).any((1, 2, 3)).sum()), len(x), 0.8 * len(x), len(x))
 
 
 def test_jitter_brightness_factor_distribution(photos):
@@ -119,7 +106,7 @@ def test_jitter_brightness_factor_distribution(photos):
     torch.manual_seed(0)
     jitter = T.ColorJitter(0.4, 0.4, 0.4, 0.1)
     ref = [float(np.asarray(jitter(Image.new("RGB", (4, 4), (102, 102, 102))))[0, 0, 0]) / 102 for _ in range(n)]
-    _same_distribution(ours.tolist(), ref, "brightness factor")
+    same_distribution(ours.tolist(), ref, "brightness factor")
 
 
 def _impulse_variance(img: np.ndarray) -> float:
@@ -136,7 +123,7 @@ def test_blur_rate_and_sigma_match_pil():
     x[:, :, s // 2, s // 2] = 1.0
     out = gv.gaussian_blur(x, gen(7))
     hit = (out != x).any((1, 2, 3))
-    _same_rate(int(hit.sum()), n, 0.5 * n, n)
+    same_rate(int(hit.sum()), n, 0.5 * n, n)
     ours = [_impulse_variance(o[0].numpy()) for o in out[hit]]
     rng = random.Random(0)
     impulse = np.zeros((s, s), np.uint8)
@@ -144,7 +131,7 @@ def test_blur_rate_and_sigma_match_pil():
     ref = [_impulse_variance(np.asarray(Image.fromarray(impulse).filter(ImageFilter.GaussianBlur(rng.uniform(0.1, 2)))))
            for _ in range(len(ours))]
     # PIL rounds to uint8, which drops the far tails: compare only sigmas it resolves (variance > 0.15)
-    _same_distribution([v for v in ours if v > 0.15], [v for v in ref if v > 0.15], "blur variance")
+    same_distribution([v for v in ours if v > 0.15], [v for v in ref if v > 0.15], "blur variance")
 
 
 def test_randaugment_draws_match_the_cpu_pool():
@@ -154,13 +141,13 @@ def test_randaugment_draws_match_the_cpu_pool():
     np.random.seed(0)
     cpu = [pair for _ in range(n // 5) for pair in ra.RandAugment(5, 10).draw()]
     kept = op[op >= 0]
-    _same_rate(len(kept), n, len(cpu), n)
+    same_rate(len(kept), n, len(cpu), n)
     names = [ra.FIXMATCH_POOL.index(f) for f, _ in cpu]
     assert [f.__name__ for f in ra.FIXMATCH_POOL] == list(gra.POOL)
     for i in range(len(gra.POOL)):
-        _same_rate(int((kept == i).sum()), len(kept), names.count(i), len(cpu))
-    _same_distribution(v[op >= 0].tolist(), [m for _, m in cpu], "magnitude")
-    _same_rate(int((sign == -1).sum()), sign.numel(), 0.5 * sign.numel(), sign.numel())
+        same_rate(int((kept == i).sum()), len(kept), names.count(i), len(cpu))
+    same_distribution(v[op >= 0].tolist(), [m for _, m in cpu], "magnitude")
+    same_rate(int((sign == -1).sum()), sign.numel(), 0.5 * sign.numel(), sign.numel())
 
 
 @pytest.mark.parametrize("name", gra.POOL)
@@ -201,7 +188,7 @@ def test_views_match_the_cpu_pipeline_in_distribution(photos):
     for k, kind in enumerate(("key", "weak", "strong")):
         a, b = _statistics(ours[k]), _statistics(torch.stack([v[k] for v in cpu]))
         for stat in a:
-            _same_distribution(a[stat], b[stat], f"{kind} view {stat}")
+            same_distribution(a[stat], b[stat], f"{kind} view {stat}")
 
 
 @pytest.mark.parametrize("hue", [0.07, -0.1])
