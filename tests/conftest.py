@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -79,3 +81,16 @@ def find_checkpoint(log_path: str, name: str = "checkpoint_last.pth.tar") -> str
     found = glob.glob(os.path.join(log_path, "**", name), recursive=True)
     assert len(found) == 1, f"expected one {name} under {log_path}, found {found}"
     return found[0]
+
+
+def read_until(proc: subprocess.Popen, pattern: str, timeout: float = 120) -> str:
+    """Lines of `proc`'s stdout up to and including the first matching `pattern`; fails after `timeout` s or EOF."""
+    seen, deadline = "", time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line
+        if re.search(pattern, line):
+            return seen
+    raise AssertionError(f"never saw {pattern!r}:\n{seen}")

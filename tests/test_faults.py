@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, find_checkpoint, free_port, run_script, write_image_folder
+from conftest import REPO, find_checkpoint, free_port, read_until, run_script, write_image_folder
 
 import main_clsa
 from clsa.checkpoint import atomic_save
@@ -34,18 +34,6 @@ def _popen(argv, env=None):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _read_until(proc, pattern: str, timeout: float = 120) -> str:
-    seen, deadline = "", time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen += line
-        if re.search(pattern, line):
-            return seen
-    raise AssertionError(f"never saw {pattern!r}:\n{seen}")
-
-
 @pytest.mark.parametrize("views", ["cpu", "gpu"])  # gpu: decoded and built in the training process (CPU here)
 def test_sigterm_then_resume_auto_matches_uninterrupted(folder48, tmp_path, views):
     common = ["--data", folder48, *SMALL, "--batch_size", "4", "--moco_k", "16", "--epochs", "2", "--workers", "1",
@@ -55,7 +43,7 @@ def test_sigterm_then_resume_auto_matches_uninterrupted(folder48, tmp_path, view
 
     run_dir = str(tmp_path / "pre")
     proc = _popen([*common, "--resume", "auto", "--run_dir", run_dir])
-    first = _read_until(proc, r"Epoch: \[0\]\[\s*4/12\]")
+    first = read_until(proc, r"Epoch: \[0\]\[\s*4/12\]", timeout=120)
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=120)
     assert proc.returncode == 75, first + rest
@@ -101,8 +89,8 @@ def test_kill_rank1_exits_nonzero_quickly_and_last_checkpoint_loads(folder48, tm
     proc = _popen(["--data", folder48, *SMALL, "--batch_size", "4", "--moco_k", "16", "--epochs", "20",
                    "--workers", "0", "--cpu_procs", "2", "--run_dir", run_dir,
                    "--dist_url", f"tcp://127.0.0.1:{free_port()}", "--dist_timeout", "1"])
-    _read_until(proc, r"saved .*checkpoint_last")
-    _read_until(proc, r"Epoch: \[1\]\[\s*1/")
+    read_until(proc, r"saved .*checkpoint_last", timeout=120)
+    read_until(proc, r"Epoch: \[1\]\[\s*1/", timeout=120)
     workers = _spawned_workers(proc.pid)
     assert len(workers) == 2, workers
     os.kill(workers[1], signal.SIGKILL)

@@ -19,7 +19,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, free_port, run_script, write_image_folder
+from conftest import REPO, free_port, read_until, run_script, write_image_folder
 from netns_support import TwoNodes, unavailable_reason
 
 SMALL = ["--arch", "resnet18", "--nmb_crops", "1", "1", "--size_crops", "32", "16", "--min_scale_crops", "0.2",
@@ -69,18 +69,6 @@ def _node_command(nodes: TwoNodes, node: int, port: int, *flags: str) -> list[st
             str(node), "--dist_url", f"tcp://{nodes.addresses[0]}:{port}"]
 
 
-def _read_until(proc, pattern: str, timeout: float = 180) -> str:
-    seen, deadline = "", time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen += line
-        if re.search(pattern, line):
-            return seen
-    raise AssertionError(f"never saw {pattern!r}:\n{seen}")
-
-
 def _finish(procs, timeout: float = 240, seen: str = "") -> tuple[list[int], list[str]]:
     """Wait for both nodes: (exit codes, outputs); `seen`: node 0's output read so far."""
     outs = [p.communicate(timeout=timeout)[0] for p in procs]
@@ -126,7 +114,7 @@ def runs(nodes, data, tmp_path_factory):
     port = next(_ports)
     flags = [*common, "--resume", "auto", "--run_dir", f"{root}/pre"]
     procs = _start(nodes, lambda n: _node_command(nodes, n, port, *flags), env("pre_trace"))
-    seen = _read_until(procs[0], r"Epoch: \[0\]\[\s*0/4\]")
+    seen = read_until(procs[0], r"Epoch: \[0\]\[\s*0/4\]", timeout=180)
     nodes.kill(1, signal.SIGTERM)
     stopped = _finish(procs, seen=seen)
     files_at_stop = sorted(os.listdir(f"{root}/pre"))
@@ -292,8 +280,8 @@ def test_link_down_then_node_killed_end_with_one_line_and_resume(nodes, data, tm
     port = next(_ports)
     flags = ["--data", data, *SMALL, "--epochs", "2", "--dist_timeout", "0.2", "--resume", "auto", "--run_dir", run_dir]
     procs = _start(nodes, lambda n: _node_command(nodes, n, port, *flags), ENV)
-    seen = _read_until(procs[0], r"saved .*checkpoint_last")
-    seen += _read_until(procs[0], r"Epoch: \[1\]\[\s*0/4\]")
+    seen = read_until(procs[0], r"saved .*checkpoint_last", timeout=180)
+    seen += read_until(procs[0], r"Epoch: \[1\]\[\s*0/4\]", timeout=180)
     nodes.link(False)
     start = time.time()
     try:
@@ -309,8 +297,8 @@ def test_link_down_then_node_killed_end_with_one_line_and_resume(nodes, data, tm
     assert _load(last)["epoch"] == 1
 
     procs = _start(nodes, lambda n: _node_command(nodes, n, port, *flags), ENV)  # the same command
-    seen = _read_until(procs[0], r"resumed .* at epoch 1 iteration 0")
-    seen += _read_until(procs[0], r"Epoch: \[1\]\[\s*1/4\]")
+    seen = read_until(procs[0], r"resumed .* at epoch 1 iteration 0", timeout=180)
+    seen += read_until(procs[0], r"Epoch: \[1\]\[\s*1/4\]", timeout=180)
     nodes.kill(1)
     start = time.time()
     out = seen + procs[0].communicate(timeout=120)[0]
