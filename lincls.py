@@ -18,13 +18,12 @@ import shutil
 import time
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms as T
 
 from clsa.builder import backbone
 from clsa.checkpoint import best_acc_value, is_pretraining_state, prefixed_state_dict, restore_run_state, save_run_state
-from clsa.distributed import broadcast_object
+from clsa.distributed import broadcast_object, wrap_ddp
 from clsa.engine import set_learning_rate
 from clsa.evaluation import eval_transform, shard_indices
 from clsa.faults import StopRequest
@@ -186,8 +185,8 @@ def linear_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogger,
     best_acc1 = resume(model, optimizer, args, logger) if args.resume else 0.0
     reference = backbone_snapshot(model)
     if ctx.distributed:
-        model = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                                        forward_sync_buffers=False)  # BN is frozen and identical on every rank
+        # BN is frozen and identical on every rank: no buffer broadcast
+        model = wrap_ddp(model, ctx.device, reproducible=args.seed is not None, forward_sync_buffers=False)
     loader_val = val_loader(val_set, batch, workers, ctx)
     logger.info(f"{len(classes)} classes, {len(val_set)} val images"
                 + (f", {len(train_set)} train images" if train_set is not None else "")

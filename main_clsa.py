@@ -16,7 +16,6 @@ import math
 import os
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from clsa.builder import CLSA
@@ -29,7 +28,7 @@ from clsa.checkpoint import (
     restore_run_state,
     save_run_state,
 )
-from clsa.distributed import all_reduce_sum, broadcast_object, gather_objects
+from clsa.distributed import all_reduce_sum, broadcast_object, gather_objects, wrap_ddp
 from clsa.engine import NonFiniteLoss, learning_rate, train_one_epoch
 from clsa.faults import EXIT_NONFINITE, StopRequest, agree
 from clsa.step import CLSAStep, MethodConfig
@@ -147,7 +146,10 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
         logger.info(f"nothing to train: {pos['path'] or 'the run'} is at epoch {pos['epoch']}, --epochs is "
                     f"{args.epochs}; pass a larger --epochs to train further")
     if ctx.distributed:
-        model = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        model = wrap_ddp(model, ctx.device, reproducible=args.seed is not None)
+        if model.find_unused_parameters:
+            logger.info("--seed with more than 2 processes: DDP keeps its first gradient buckets, so a resumed run "
+                        "computes the same losses (torch's find_unused_parameters warning that follows is expected)")
     logger.write_json("args.json", vars(args))
     try:
         train(model, optimizer, loader, CLSAStep(method), args, ctx, logger, run_dir, pos, stop, make_views)

@@ -71,6 +71,24 @@ def gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def wrap_ddp(model: nn.Module, device: torch.device, reproducible: bool, **kwargs: Any) -> nn.Module:
+    """DistributedDataParallel on `device`. `reproducible` (a seeded run of more than 2 processes): keep DDP's
+    first gradient buckets for the whole run, so that a process resumed mid-run sums every gradient in the order an
+    uninterrupted one does.
+
+    DDP re-buckets the gradients once, after the first iteration of each process, in the order backward produced
+    them. The all-reduce's rounding depends on where a value sits in its bucket once there are more than 2 terms
+    (a + b is exact in any order), so a run resumed at iteration s reduced iteration s in the first-iteration
+    buckets, the uninterrupted run in the rebuilt ones, and the two drifted apart from the last bits (measured with
+    4 processes). `find_unused_parameters` is what stops the re-bucketing; it costs one traversal of the autograd
+    graph per step, and torch warns about it once per process.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+    keep_buckets = reproducible and get_world_size() > 2
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=keep_buckets, **kwargs)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel (or the model itself)."""
     return model.module if hasattr(model, "module") else model
