@@ -181,7 +181,9 @@ def train(model, optimizer, loader, step, args, ctx, logger, run_dir, pos, stop,
         try:
             summary = train_one_epoch(model, loader, optimizer, step, lr_at, epoch, ctx,
                                       logger, loader.sampler.batches_per_epoch(), start_iter, stop,
-                                      args.max_iters, args.print_freq, args.skip_nonfinite, make_views)
+                                      args.max_iters, args.print_freq, args.skip_nonfinite, make_views,
+                                      check_lag=int(args.step_checks == "deferred" or (args.step_checks == "auto"
+                                                                                      and ctx.device.type == "cuda")))
         except NonFiniteLoss as err:
             last = os.path.join(run_dir, LAST)
             logger.info(f"{PROG}: error: {err}; the last good checkpoint is {last if os.path.exists(last) else 'none'}"

@@ -113,10 +113,13 @@ class CLSA(nn.Module):
         return out
 
     @torch.no_grad()
-    def dequeue_and_enqueue(self, keys: torch.Tensor) -> None:
-        """Write the N_g global keys into columns [ptr, ptr + N_g) (mod K) and advance the pointer."""
+    def dequeue_and_enqueue(self, keys: torch.Tensor, only_if: torch.Tensor | None = None) -> None:
+        """Write the N_g global keys into columns [ptr, ptr + N_g) (mod K) and advance the pointer, all on the
+        device (no host synchronisation). `only_if` (a bool tensor): leave queue and pointer as they are when false."""
         n = keys.shape[0]
-        ptr = int(self.queue_ptr)
-        idx = (torch.arange(n, device=keys.device) + ptr) % self.K
-        self.queue[:, idx] = keys.t().to(self.queue.dtype)
-        self.queue_ptr[0] = (ptr + n) % self.K
+        idx = (torch.arange(n, device=keys.device) + self.queue_ptr) % self.K
+        new = keys.t().to(self.queue.dtype)
+        if only_if is not None:
+            new = torch.where(only_if, new, self.queue[:, idx])
+        self.queue.index_copy_(1, idx, new)
+        self.queue_ptr.add_(n if only_if is None else only_if.long() * n).remainder_(self.K)

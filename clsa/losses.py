@@ -45,7 +45,8 @@ def ddm(target_logits: torch.Tensor, pred_logits: torch.Tensor, T2: float) -> to
 
 
 def clsa_loss(weak: Sequence[torch.Tensor], strong: Sequence[torch.Tensor], keys: torch.Tensor, queue: torch.Tensor,
-              label_offset: int, T: float, T2: float, alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
+              label_offset: int, T: float, T2: float, alpha: float
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
     """CLSA objective for one set of keys. Returns (loss, stats).
 
     Args:
@@ -56,8 +57,9 @@ def clsa_loss(weak: Sequence[torch.Tensor], strong: Sequence[torch.Tensor], keys
         label_offset: global rank x N; the positive of local row i is key row label_offset + i.
         T, T2: InfoNCE and DDM temperatures. alpha: DDM weight.
 
-    stats: 'infonce' and 'ddm' (the two sums), 'acc1'/'acc5' (instance retrieval of the first weak view),
-    'n_infonce'/'n_ddm' (number of summed terms).
+    stats: 'infonce' and 'ddm' (the two sums), 'acc1'/'acc5' (instance retrieval of the first weak view), as
+    detached 0-d tensors on the device (read them when printing: no host synchronisation per step), and
+    'n_infonce'/'n_ddm' (number of summed terms, floats).
 
     One matmul computes every view's candidates, and sum_a sum_b DDM_ab is evaluated as
     -mean_i sum_j (sum_a p_a)[i, j] (sum_b log p_b)[i, j], which is the same sum without W x S products.
@@ -71,13 +73,13 @@ def clsa_loss(weak: Sequence[torch.Tensor], strong: Sequence[torch.Tensor], keys
     labels = torch.arange(n, device=logits.device) + label_offset
     weak_logits = logits[:n_weak]
     info = F.cross_entropy((weak_logits / T).flatten(0, 1), labels.repeat(n_weak), reduction="sum") / n
-    acc1, acc5 = topk_accuracy(weak_logits[0], labels)
-    stats = {"infonce": info.item(), "ddm": 0.0, "acc1": acc1, "acc5": acc5,
+    acc1, acc5 = topk_accuracy(weak_logits[0].detach(), labels, on_device=True)
+    stats = {"infonce": info.detach(), "ddm": torch.zeros((), device=info.device), "acc1": acc1, "acc5": acc5,
              "n_infonce": float(n_weak), "n_ddm": float(n_weak * len(strong))}
     if not strong or alpha == 0:
         return info, stats
     p_sum = F.softmax(weak_logits.detach() / T2, dim=-1).sum(0)
     logp_sum = F.log_softmax(logits[n_weak:] / T2, dim=-1).sum(0)
     ddm_sum = -(p_sum * logp_sum).sum(-1).mean()
-    stats["ddm"] = ddm_sum.item()
+    stats["ddm"] = ddm_sum.detach()
     return info + alpha * ddm_sum, stats

@@ -90,9 +90,32 @@ class CLSAStep:
         return StepOutput(loss + loss2, stats, out.keys2)
 
     @staticmethod
-    def update(model: nn.Module, optimizer: torch.optim.Optimizer, out: StepOutput) -> None:
-        """Backward, SGD step, then enqueue this step's keys."""
+    def update(model: nn.Module, optimizer: torch.optim.Optimizer, out: StepOutput,
+               only_if: torch.Tensor | None = None) -> None:
+        """Backward, SGD step, then enqueue this step's keys. `only_if` (a bool tensor, e.g. "every process's loss
+        is finite"): decided on the device, without waiting for it; when false, the weights, the SGD momentum and
+        the queue stay as they were (the update is computed, then undone)."""
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        optimizer.step()
-        unwrap(model).dequeue_and_enqueue(out.keys)
+        if only_if is None:
+            optimizer.step()
+        else:
+            guarded_step(optimizer, only_if)
+        unwrap(model).dequeue_and_enqueue(out.keys, only_if)
+
+
+@torch.no_grad()
+def guarded_step(optimizer: torch.optim.Optimizer, only_if: torch.Tensor) -> None:
+    """optimizer.step(), kept only where `only_if` (a bool tensor) is true: parameters and SGD momentum buffers
+    are otherwise put back. A buffer the step created is put back as zeros, which the next step turns into
+    exactly the fresh buffer (m * 0 + g = g)."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    old_params = [p.detach().clone() for p in params]
+    old_bufs = [optimizer.state.get(p, {}).get("momentum_buffer") for p in params]
+    old_bufs = [None if b is None else b.clone() for b in old_bufs]
+    optimizer.step()
+    for p, old, old_buf in zip(params, old_params, old_bufs, strict=True):
+        p.copy_(torch.where(only_if, p, old))
+        buf = optimizer.state.get(p, {}).get("momentum_buffer")
+        if buf is not None:
+            buf.copy_(torch.where(only_if, buf, torch.zeros_like(buf) if old_buf is None else old_buf))

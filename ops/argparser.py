@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--strict_data", action="store_true", help="stop at an unreadable image instead of skipping it")
     g.add_argument("--skip_nonfinite", action="store_true",
                    help="skip an optimiser step whose loss is NaN/inf instead of stopping the run")
+    g.add_argument("--step_checks", choices=("auto", "sync", "deferred"), default="auto",
+                   help="when the host learns whether a step's loss was finite and whether a process asked to stop: "
+                        "sync waits for it before the update; deferred reads it one iteration later and undoes a "
+                        "non-finite update on the device, so the host never waits for the GPU (auto: deferred on "
+                        "CUDA, sync on CPU; the same losses either way)")
     add_trust_flag(g)
     g.add_argument("--max_iters", type=int, default=0, help="stop each epoch after N iterations (0: full epochs)")
     return p
