@@ -30,7 +30,7 @@ from clsa.checkpoint import (
 )
 from clsa.distributed import all_reduce_sum, broadcast_object, gather_objects, wrap_ddp
 from clsa.engine import NonFiniteLoss, learning_rate, train_one_epoch
-from clsa.faults import EXIT_NONFINITE, StopRequest, agree
+from clsa.faults import EXIT_NONFINITE, StopRequest, agree_to_stop
 from clsa.step import CLSAStep, MethodConfig
 from data_processing.datasets import build_dataset
 from data_processing.device_views import DeviceViews, EncodedImages, collate_encoded, read_file_bytes
@@ -211,7 +211,7 @@ def train(model, optimizer, loader, step, args, ctx, logger, run_dir, pos, stop,
         logger.scalars(scalars, epoch)
         path = save(model, optimizer, args, run_dir, epoch + 1, 0, best_acc, is_best)
         logger.info(f"saved {path}")
-        if agree(stop.signum is not None, True, ctx.device)[0]:
+        if agree_to_stop(stop.signum is not None, ctx.device):
             logger.info(f"{stop.name}: stopping after epoch {epoch}; continue with --resume {path}")
             raise SystemExit(stop.exit_code)
 

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 def is_dist() -> bool:
@@ -83,7 +84,6 @@ def wrap_ddp(model: nn.Module, device: torch.device, reproducible: bool, **kwarg
     4 processes). `find_unused_parameters` is what stops the re-bucketing; it costs one traversal of the autograd
     graph per step, and torch warns about it once per process.
     """
-    from torch.nn.parallel import DistributedDataParallel
     keep_buckets = reproducible and get_world_size() > 2
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    find_unused_parameters=keep_buckets, **kwargs)

@@ -41,14 +41,22 @@ class StopRequest:
 
     @property
     def name(self) -> str:
-        """The signal's name; on a process that stops because another one was signalled (agree), says so."""
+        """The signal's name; on a process that stops because another one was signalled (agree_to_stop), says so."""
         return signal.Signals(self.signum).name if self.signum is not None else "stop signal on another process"
 
 
-def agree(stop_requested: bool, loss_finite: bool, device: torch.device) -> tuple[bool, bool]:
-    """(any process asked to stop, every process has a finite loss), using one all_reduce when distributed."""
+def agreed_flags(stop_requested: bool, loss: torch.Tensor) -> torch.Tensor:
+    """[some process asked to stop, some process's `loss` is not finite] (1.0 = yes) on the loss's device, agreed by
+    one all_reduce (MAX) when distributed. Nothing here waits for the device (NCCL queues the all_reduce)."""
+    bad = (~torch.isfinite(loss.detach())).float()
+    flags = torch.stack([torch.zeros_like(bad) + float(stop_requested), bad])  # no host-to-device copy
+    if is_dist():
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return flags
+
+
+def agree_to_stop(stop_requested: bool, device: torch.device) -> bool:
+    """Whether any process asked to stop (one all_reduce when distributed; waits for it)."""
     if not is_dist():
-        return stop_requested, loss_finite
-    flags = torch.tensor([float(stop_requested), float(not loss_finite)], device=device)
-    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-    return bool(flags[0] > 0), bool(flags[1] == 0)
+        return stop_requested
+    return bool(agreed_flags(stop_requested, torch.zeros((), device=device))[0] > 0)

@@ -19,7 +19,7 @@ from clsa import trace
 from clsa.builder import backbone
 from clsa.distributed import all_reduce_sum, get_rank, unwrap
 from clsa.evaluation import topk_accuracy
-from clsa.faults import StopRequest, agree
+from clsa.faults import StopRequest, agree_to_stop
 from ops.runlog import AverageMeter, progress_line
 
 
@@ -96,7 +96,7 @@ def train_linear_epoch(model: nn.Module, loader: Iterable, optimizer: torch.opti
         optimizer.step()
         meters["Time"].update(time.time() - end)
         end = time.time()
-        stopped = agree(stop is not None and stop.signum is not None, True, device)[0] if stop else False
+        stopped = agree_to_stop(stop.signum is not None, device) if stop else False
         if i % print_freq == 0 or i == n_iters - 1 or stopped:
             log(progress_line(f"Epoch: [{epoch}]", i, n_iters, list(meters.values())))
         if stopped:

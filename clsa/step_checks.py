@@ -13,9 +13,8 @@ from collections import deque
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
-from clsa.distributed import is_dist
+from clsa.faults import agreed_flags
 
 
 @dataclass(frozen=True)
@@ -35,10 +34,7 @@ class StepFlags:
         self.pending: deque[tuple[int, torch.Tensor, torch.cuda.Event | None]] = deque()
 
     def push(self, iteration: int, stop_requested: bool, loss: torch.Tensor) -> torch.Tensor:
-        bad = (~torch.isfinite(loss.detach())).float()
-        flags = torch.stack([torch.zeros_like(bad) + float(stop_requested), bad])  # no host-to-device copy
-        if is_dist():
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # NCCL: queued on the device, the host goes on
+        flags = agreed_flags(stop_requested, loss)
         if flags.is_cuda and self.lag > 0:
             host = torch.empty(2, pin_memory=True)
             host.copy_(flags, non_blocking=True)
@@ -50,19 +46,20 @@ class StepFlags:
         return flags[1] == 0
 
     def pop(self) -> Agreement | None:
-        if len(self.pending) <= self.lag:
-            return None
-        iteration, flags, event = self.pending.popleft()
+        return self._read(self.pending.popleft()) if len(self.pending) > self.lag else None
+
+    def flush(self) -> list[Agreement]:
+        out = [self._read(entry) for entry in self.pending]
+        self.pending.clear()
+        return out
+
+    @staticmethod
+    def _read(entry: tuple[int, torch.Tensor, torch.cuda.Event | None]) -> Agreement:
+        iteration, flags, event = entry
         if event is not None:
             event.synchronize()
         stop, bad = flags.tolist()
         return Agreement(iteration, stop > 0, bad == 0)
-
-    def flush(self) -> list[Agreement]:
-        lag, self.lag = self.lag, 0
-        out = list(iter(self.pop, None))
-        self.lag = lag
-        return out
 
 
 class DeviceMeans:
@@ -70,17 +67,15 @@ class DeviceMeans:
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
-        self.sums: torch.Tensor | None = None
-        self.count: torch.Tensor | float = 0.0
         self.last: torch.Tensor | None = None
+        self.sums: torch.Tensor | None = None  # per name the sum of value x images, then the number of images
 
     def update(self, values: list[torch.Tensor], n: int, keep: torch.Tensor | None = None) -> None:
         """Add one iteration's values (0-d tensors) for `n` images; `keep` false: the iteration does not count."""
         v = torch.stack([x.detach().float() for x in values])
         weight = torch.full_like(v[:1], float(n)) if keep is None else keep.float().reshape(1) * n
-        add = torch.where(weight > 0, v, torch.zeros_like(v)) * weight
+        add = torch.cat([torch.where(weight > 0, v, torch.zeros_like(v)) * weight, weight])
         self.sums = add if self.sums is None else self.sums + add
-        self.count = self.count + weight
         self.last = v
 
     def read(self) -> tuple[dict[str, float], dict[str, float]]:
@@ -88,7 +83,7 @@ class DeviceMeans:
         if self.sums is None:
             zeros = dict.fromkeys(self.names, 0.0)
             return zeros, dict(zeros)
-        values = torch.cat([self.last, self.sums, torch.as_tensor(self.count).reshape(1)]).tolist()
+        values = torch.cat([self.last, self.sums]).tolist()
         k = len(self.names)
         last, sums, count = values[:k], values[k:2 * k], max(values[2 * k], 1e-12)
         return dict(zip(self.names, last, strict=True)), {m: s / count for m, s in zip(self.names, sums, strict=True)}
