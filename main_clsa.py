@@ -125,6 +125,8 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
     loader = build_loader(args, ctx, batch, None if make_views else transform)
     model = CLSA(args.arch, args.moco_dim, args.moco_k, args.moco_m, bool(args.mlp), bool(args.sym),
                  args.channels_last).to(ctx.device)
+    if args.compile:
+        model.compile_encoders()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], args.lr,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
     pos = resume(args, model, optimizer)

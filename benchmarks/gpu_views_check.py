@@ -4,7 +4,8 @@
   1. end to end: `main_clsa.py` img/s, single- and multi-crop, with `--views gpu` (4 loader workers) and with
      `--views cpu` at 4, 8 and 16 workers, on a folder of ImageNet-like JPEGs (benchmarks/photos.py, 500 x 375);
      the rate is the batch over the median per-iteration time of the second half of the run (data wait included);
-  2. the step alone (benchmarks/bench_step.py, `--amp --channels_last`) on the same views;
+  2. the step alone (benchmarks/bench_step.py, `--amp --channels_last`, and with `--compile` too when asked: a
+     few minutes more for the compilation) on the same views;
   3. the reference: a plain torchvision ResNet-50 supervised training step (bf16 autocast, channels_last, SGD) at
      the same batch and 224 px; the CLSA step's efficiency = its img/s x its forward FLOPs per image / the
      supervised step's img/s x ResNet-50's forward FLOPs at 224 px.
@@ -12,6 +13,7 @@ Prints the card (torch.cuda.get_device_name), the host's cores and one table; th
 (also written to $OUT/gpu_views_check.json when $OUT is set).
 
     python3 benchmarks/gpu_views_check.py            # on the GPU machine
+    python3 benchmarks/gpu_views_check.py --compile  # also the compiled step
     python3 benchmarks/gpu_views_check.py --dry-run  # CPU, resnet18, tiny views, a few iterations: checks the script
 """
 
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="CPU, resnet18, tiny views, 4 iterations")
     p.add_argument("--batch", type=int, default=None, help="per-process batch (default 64; 4 with --dry-run)")
     p.add_argument("--iters", type=int, default=None, help="iterations per end-to-end run (default 24)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the step with --compile (torch.compile; adds its compile time, minutes)")
     args = p.parse_args(argv)
     dry = args.dry_run
     device = "cpu" if dry or not torch.cuda.is_available() else "cuda"
@@ -134,13 +138,18 @@ def main(argv: list[str] | None = None) -> dict:
             dry_step = ["--setting", "custom", "--size_crops", "32", "16", "--min_scale_crops", "0.2", "0.086",
                         "--max_scale_crops", "1", "0.429", "--pick_weak", "0", "--pick_strong", "1", "--moco_k", "64",
                         "--steps", "1", "--warmup", "1"]
-            step_argv = ["--arch", arch, "--batch", str(batch), "--device", device, "--modes", "baseline",
-                         "amp+channels_last", "--no_memory",
+            modes = ["baseline", "amp+channels_last"] + (["amp+channels_last+compile"] if args.compile else [])
+            step_argv = ["--arch", arch, "--batch", str(batch), "--device", device, "--modes", *modes, "--no_memory",
                          *(dry_step if dry else ["--setting", name, "--steps", "8", "--warmup", "3"])]
-            step = bench_step.main(step_argv)["modes"]["amp+channels_last"]
+            timed = bench_step.main(step_argv)["modes"]
+            step = timed["amp+channels_last"]
             s = SETTINGS["single96" if dry else name]
             res["step"][name] = {"img_per_s": step["img_per_s"], "loss_rel_diff_vs_fp32": step.get("loss_rel_diff"),
                                  "flops_vs_one_224_forward": flops_per_image(s.view_sizes())}
+            if args.compile:
+                c = timed["amp+channels_last+compile"]
+                res["step"][name]["compile"] = {"img_per_s": c["img_per_s"],
+                                                "loss_rel_diff_vs_fp32": c.get("loss_rel_diff")}
     sup = supervised_rate(arch, batch, 32 if dry else 224, device, 2 if dry else 10)
     res["supervised_img_per_s"] = sup
     rows = []
@@ -156,6 +165,11 @@ def main(argv: list[str] | None = None) -> dict:
     workers = [r["workers"] for r in next(iter(res["end_to_end"].values()))[1:]]
     common.print_table(["setting", "step img/s", "--views gpu img/s", "gpu / step",
                         *[f"--views cpu {w}w" for w in workers], "step efficiency"], rows)
+    for name, st in res["step"].items():
+        if "compile" in st:
+            print(f"{name}: step with --compile {st['compile']['img_per_s']:.1f} img/s "
+                  f"({st['compile']['img_per_s'] / st['img_per_s']:.2f}x), loss rel. diff to fp32 "
+                  f"{st['compile']['loss_rel_diff_vs_fp32']:.1e}")
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "gpu_views_check.json"), "w") as f:
             json.dump(res, f, indent=1)

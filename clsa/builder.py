@@ -7,6 +7,7 @@ loop enqueues the keys after the loss is built (`dequeue_and_enqueue`).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,20 @@ class CLSA(nn.Module):
             self.to(memory_format=torch.channels_last)
         self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self._forward_fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}  # compile_encoders()
+
+    def compile_encoders(self) -> None:
+        """`--compile`: torch.compile the training forward of f_q and f_k (static shapes: one graph per view size).
+        Only the calls from this module are compiled: the encoders themselves stay eager modules (evaluation, the
+        kNN monitor) and the state_dict keeps its keys."""
+        self._forward_fns = {"q": torch.compile(self.encoder_q.forward, dynamic=False),
+                             "k": torch.compile(self.encoder_k.forward, dynamic=False)}
+
+    def _f(self, which: str, x: torch.Tensor) -> torch.Tensor:
+        """f_q (`which` "q") or f_k ("k") of `x`, compiled after compile_encoders(), then L2-normalised in fp32."""
+        x = x.contiguous(memory_format=self.memory_format)
+        fn = self._forward_fns.get(which) or (self.encoder_q if which == "q" else self.encoder_k)
+        return F.normalize(fn(x).float(), dim=1)
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -81,23 +96,20 @@ class CLSA(nn.Module):
         """
         world = get_world_size()
         if world == 1:
-            return F.normalize(self.encoder_k(self._fmt(x)).float(), dim=1)
+            return self._f("k", x)
         x_all = concat_all_gather(x)
         perm = torch.randperm(x_all.shape[0], device=x.device)
         broadcast_tensor(perm, src=0)
         n = x.shape[0]
         mine = perm[get_rank() * n:(get_rank() + 1) * n]
-        k = F.normalize(self.encoder_k(self._fmt(x_all[mine])).float(), dim=1)
+        k = self._f("k", x_all[mine])
         k_perm = concat_all_gather(k)
         if trace.enabled():  # tests: the gathered inputs (one number per row), this process's own, the permutation
             trace.record(get_rank(), "keys", gathered=trace.fingerprint(x_all), own=trace.fingerprint(x), perm=perm)
         return k_perm[torch.argsort(perm)]
 
-    def _fmt(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=self.memory_format)
-
     def encode_query(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.encoder_q(self._fmt(x)).float(), dim=1)
+        return self._f("q", x)
 
     def forward(self, key: torch.Tensor, weak: list[torch.Tensor], strong: list[torch.Tensor]) -> Embeddings:
         """One separate encoder_q forward per view (BN statistics per view and resolution)."""

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("additions (not in the 2021 code)")
     g.add_argument("--amp", action="store_true", help="autocast (bf16 on CPU and CUDA, loss in fp32)")
     g.add_argument("--channels_last", action="store_true", help="channels_last memory format for the encoders")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the encoders' training forward (inductor; the first iterations of each view "
+                        "size compile: seconds on a GPU, minutes on a CPU; needs a C/C++ compiler)")
     g.add_argument("--views", choices=("cpu", "gpu"), default="cpu",
                    help="cpu: loader workers build the views; gpu: workers read file bytes, the training process "
                         "decodes them and builds the views batched on its device (also on a CPU device)")

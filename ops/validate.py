@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 
 from ops.argparser import DEFAULT_DATA, RESNET_ARCHS
 from ops.errors import UsageError
@@ -106,6 +107,8 @@ def check_pretrain_args(args: argparse.Namespace) -> None:
     if args.sym not in (0, 1):
         raise UsageError(f"--sym must be 0 or 1, got {args.sym}")
     check_resume(args.resume)
+    if args.compile:
+        check_compiler()
     if args.resume == "auto" and not args.run_dir:
         raise UsageError("--resume auto needs --run_dir (the run directory to continue or start)")
     if args.dataset.lower() != "fashionmnist":
@@ -117,6 +120,14 @@ def check_pretrain_args(args: argparse.Namespace) -> None:
         args.data = resolve_fashion_mnist(args.data)
         if args.knn_data:
             args.knn_data = resolve_fashion_mnist(args.knn_data, image_folder_wins=True)
+
+
+def check_compiler() -> None:
+    """--compile: inductor builds its kernels with the C/C++ compiler in $CXX, else g++, clang++ or cc on PATH."""
+    names = [os.environ.get("CXX", ""), "g++", "clang++", "cc"]
+    if not any(n and shutil.which(n) for n in names):
+        raise UsageError("--compile needs a C/C++ compiler (torch.compile's inductor builds kernels with it): "
+                         "install g++ or set CXX, or leave out --compile")
 
 
 def check_batch(batch_per_node: int, procs_per_node: int, world: int, moco_k: int) -> int:
