@@ -83,3 +83,13 @@ def test_bench_device_views_tiny():
                                  "--batch", "4", "--json"]))
     assert 0 < out["b_worker_cpu_s_per_img_gpu_views"] < out["b_worker_cpu_s_per_img_cpu_views"]
     assert out["a_batchviews_img_per_s"] > 0
+
+
+def test_precision_check_tiny():
+    """At batch 4 the loss's sensitivity to one bf16 rounding of the inputs comes from train-mode BN over few values:
+    with BN on running statistics it is far smaller (docs/performance.md, `--compile` and the bf16 difference)."""
+    out = _last_json(run_script(["benchmarks/precision_check.py", "--batches", "4", "--seeds", "2", "--json"]))
+    (cell,) = out["cells"]
+    assert cell["batch"] == 4 and len(cell["fp32"]) == 2
+    assert max(cell["inputs-bf16 eval-BN"]) * 5 < min(cell["inputs-bf16"])
+    assert 0 < max(cell["amp"]) < 5e-2
