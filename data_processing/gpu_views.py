@@ -174,6 +174,7 @@ class BatchViews:
         self.randaugment = BatchRandAugment(aug_times, 10)
         settings = [self.crops[0]] + [self.crops[i] for i in self.pick_weak + self.pick_strong]
         self.plan = [(c, k > len(self.pick_weak)) for k, c in enumerate(settings)]  # (crop, strong?)
+        self._mean_std: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # per device, built once
 
     @property
     def num_weak(self) -> int:
@@ -189,8 +190,10 @@ class BatchViews:
 
     def __call__(self, images: Sequence[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
         batch = ImageBatch(images)
-        mean = torch.tensor(IMAGENET_MEAN, device=batch.device)[None, :, None, None]
-        std = torch.tensor(IMAGENET_STD, device=batch.device)[None, :, None, None]
+        if batch.device not in self._mean_std:
+            self._mean_std[batch.device] = tuple(torch.tensor(v, device=batch.device)[None, :, None, None]
+                                                 for v in (IMAGENET_MEAN, IMAGENET_STD))
+        mean, std = self._mean_std[batch.device]
         out = []
         for crop, strong in self.plan:
             x = batch.crop(crop_boxes(batch.hw, crop.scale, generator), crop.size)
