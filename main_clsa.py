@@ -126,7 +126,7 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
     model = CLSA(args.arch, args.moco_dim, args.moco_k, args.moco_m, bool(args.mlp), bool(args.sym),
                  args.channels_last).to(ctx.device)
     if args.compile:
-        model.compile_encoders()
+        model.compile_encoders(len(set(transform.sizes())))
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], args.lr,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
     pos = resume(args, model, optimizer)

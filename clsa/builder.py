@@ -66,10 +66,13 @@ class CLSA(nn.Module):
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
         self._forward_fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}  # compile_encoders()
 
-    def compile_encoders(self) -> None:
-        """`--compile`: torch.compile the training forward of f_q and f_k (static shapes: one graph per view size).
-        Only the calls from this module are compiled: the encoders themselves stay eager modules (evaluation, the
-        kNN monitor) and the state_dict keeps its keys."""
+    def compile_encoders(self, view_sizes: int = 4) -> None:
+        """`--compile`: torch.compile the training forward of f_q and f_k (static shapes: one graph per view size
+        and grad mode, so up to 2 x `view_sizes` graphs of one function; dynamo's recompile limit is raised to
+        that, or it would run the rest eagerly). Only the calls from this module are compiled: the encoders stay
+        eager modules (evaluation, the kNN monitor) and the state_dict keeps its keys."""
+        import torch._dynamo
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * view_sizes)
         self._forward_fns = {"q": torch.compile(self.encoder_q.forward, dynamic=False),
                              "k": torch.compile(self.encoder_k.forward, dynamic=False)}
 

@@ -16,7 +16,8 @@ TINY = ["--nmb_crops", "1", "1", "--size_crops", "32", "16", "--min_scale_crops"
 def test_compile_encoders_keeps_modules_and_state_dict_keys():
     model = CLSA("resnet18", 16, 32, 0.99)
     keys, encoder_type = list(model.state_dict()), type(model.encoder_q)
-    model.compile_encoders()
+    model.compile_encoders(view_sizes=12)
+    assert torch._dynamo.config.recompile_limit >= 24  # f_q and f_k at 12 sizes still compiled, not left eager
     assert list(model.state_dict()) == keys  # checkpoints keep their layout
     assert type(model.encoder_q) is encoder_type and type(model.encoder_k) is encoder_type  # evaluation stays eager
     assert set(model._forward_fns) == {"q", "k"}
