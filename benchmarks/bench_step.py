@@ -137,8 +137,8 @@ class Runner:
         if mode == "baseline":
             model = BaselineCLSA(model)
         self.model = model.to(self.device).train()
-        if "compile" in mode:
-            self.model.compile_encoders()
+        if "compile" in mode:  # every compiled mode's graphs share dynamo's recompile limit in this process
+            self.model.compile_encoders(view_sizes=len(views) * len(COMPILE_MODES))
         self.opt = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad], 0.03, momentum=0.9,
                                    weight_decay=1e-4)
         picks = tuple(range(num_weak))
