@@ -48,24 +48,28 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def first_loss(args: argparse.Namespace, batch: int, size: int, seed: int, variant: str,
-               train_bn: bool = True) -> float:
-    """The first step's loss of a fresh model (seed) on a fresh batch of views (seed) in `variant`."""
+# variant -> (inputs rounded to bf16, bf16 autocast, compiled, BN on batch statistics); each is compared with fp32
+# under the same BN mode.
+VARIANTS = {"inputs-bf16": (True, False, False, True), "inputs-bf16 eval-BN": (True, False, False, False),
+            "amp": (False, True, False, True), "compile": (False, False, True, True),
+            "amp+compile": (False, True, True, True)}
+
+
+def first_loss(args: argparse.Namespace, views: list, seed: int, round_inputs: bool = False, amp: bool = False,
+               compiled: bool = False, train_bn: bool = True) -> float:
+    """The first step's loss of a fresh model (seed) on `views` (no update)."""
     import torch
 
     from clsa.builder import CLSA
     from clsa.step import CLSAStep, MethodConfig
-    setting = Setting("precision", [size, size * 3 // 4], [0.2, 0.1], [1.0, 0.5], pick_weak=[0], pick_strong=[1])
-    views, num_weak = make_views(setting, batch, seed)
-    views = [v.to(args.device) for v in views]
-    if variant == "inputs-bf16":
+    if round_inputs:
         views = [v.bfloat16().float() for v in views]
     torch.manual_seed(seed)
     model = CLSA(args.arch, 128, args.moco_k, 0.999, mlp=True, sym=False).to(args.device).train(train_bn)
-    if "compile" in variant:
+    if compiled:
         torch._dynamo.reset()  # a fresh model per cell: start each from an empty compile cache
         model.compile_encoders()
-    step = CLSAStep(MethodConfig(0.2, 0.2, 1.0, False, (0,), (0,), variant.startswith("amp")))
+    step = CLSAStep(MethodConfig(0.2, 0.2, 1.0, False, (0,), (0,), amp))
     with torch.no_grad():
         return float(step.loss(model, views, 0).loss)
 
@@ -74,23 +78,22 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     import torch
     torch.set_num_threads(1)
-    variants = ["inputs-bf16", "inputs-bf16 eval-BN", "amp"] + (["compile", "amp+compile"] if args.compile else [])
+    variants = [v for v in VARIANTS if args.compile or "compile" not in v]
     res = {"benchmark": "precision", "arch": args.arch, "device": args.device, "seeds": args.seeds,
            "machine": common.machine(), "cells": []}
     rows = []
     for size in args.sizes:
+        setting = Setting("precision", [size, size * 3 // 4], [0.2, 0.1], [1.0, 0.5], pick_weak=[0], pick_strong=[1])
         for batch in args.batches:
             cell = {"batch": batch, "size": size, "fp32": [], **{v: [] for v in variants}}
             for seed in range(args.seeds):
-                ref = first_loss(args, batch, size, seed, "fp32")
-                cell["fp32"].append(ref)
-                ref_eval = first_loss(args, batch, size, seed, "fp32", train_bn=False)
+                views = [v.to(args.device) for v in make_views(setting, batch, seed)[0]]
+                ref = {bn: first_loss(args, views, seed, train_bn=bn) for bn in (True, False)}
+                cell["fp32"].append(ref[True])
                 for v in variants:
-                    if v.endswith("eval-BN"):
-                        diff = abs(first_loss(args, batch, size, seed, "inputs-bf16", False) - ref_eval) / ref_eval
-                    else:
-                        diff = abs(first_loss(args, batch, size, seed, v) - ref) / abs(ref)
-                    cell[v].append(diff)
+                    round_inputs, amp, compiled, train_bn = VARIANTS[v]
+                    loss = first_loss(args, views, seed, round_inputs, amp, compiled, train_bn)
+                    cell[v].append(abs(loss - ref[train_bn]) / abs(ref[train_bn]))
             res["cells"].append(cell)
             rows.append([batch, size, f"{statistics.mean(cell['fp32']):.4f}",
                          *[f"{statistics.mean(cell[v]):.1e} (max {max(cell[v]):.0e})" for v in variants]])

@@ -67,6 +67,14 @@ def image_folder(tmp_path_factory) -> str:
 
 CPU_OVERRIDES = ["--arch", "resnet18", "--batch_size", "8", "--moco_k", "64", "--epochs", "1", "--workers", "1",
                  "--print_freq", "1"]
+# Single-crop at tiny sizes: key and weak view 32 px, strong view 16 px.
+TINY_CROPS = ["--nmb_crops", "1", "1", "--size_crops", "32", "16", "--min_scale_crops", "0.2", "0.086",
+              "--max_scale_crops", "1.0", "0.429", "--pick_strong", "1", "--pick_weak", "0"]
+
+
+def logged_losses(stdout: str) -> list[float]:
+    """The per-iteration losses of main_clsa.py's progress lines (`--print_freq 1`)."""
+    return [float(x) for x in re.findall(r"Loss (\S+) \(", stdout)]
 
 
 def run_script(argv: list[str], timeout: int = 300, env: dict | None = None, cwd: str = REPO

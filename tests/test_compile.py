@@ -5,12 +5,11 @@ import os
 import re
 
 import torch
-from conftest import CPU_OVERRIDES, find_checkpoint, free_port, run_script
+from conftest import CPU_OVERRIDES, TINY_CROPS, find_checkpoint, free_port, logged_losses, run_script
 
 from clsa.builder import CLSA
 
-TINY = ["--nmb_crops", "1", "1", "--size_crops", "32", "16", "--min_scale_crops", "0.2", "0.086",
-        "--max_scale_crops", "1.0", "0.429", "--pick_strong", "1", "--pick_weak", "0", "--seed", "3"]
+TINY = [*TINY_CROPS, "--seed", "3"]
 
 
 def test_compile_encoders_keeps_modules_and_state_dict_keys():
@@ -21,10 +20,6 @@ def test_compile_encoders_keeps_modules_and_state_dict_keys():
     assert list(model.state_dict()) == keys  # checkpoints keep their layout
     assert type(model.encoder_q) is encoder_type and type(model.encoder_k) is encoder_type  # evaluation stays eager
     assert set(model._forward_fns) == {"q", "k"}
-
-
-def _losses(stdout: str) -> list[float]:
-    return [float(x) for x in re.findall(r"Loss (\S+) \(", stdout)]
 
 
 def test_compiled_run_matches_eager_run(image_folder, tmp_path):
@@ -39,7 +34,7 @@ def test_compiled_run_matches_eager_run(image_folder, tmp_path):
 
     eager, eager_ckpt = run("eager")
     compiled, compiled_ckpt = run("compiled", "--compile", env={"TORCH_LOGS": "recompiles"})
-    a, b = _losses(eager.stdout), _losses(compiled.stdout)
+    a, b = logged_losses(eager.stdout), logged_losses(compiled.stdout)
     assert len(a) == len(b) == 2
     for x, y in zip(a, b, strict=True):
         assert abs(x - y) <= 1e-4 * abs(x), (a, b)

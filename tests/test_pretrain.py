@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from conftest import CPU_OVERRIDES, find_checkpoint, free_port, readme_command, run_script
+from conftest import CPU_OVERRIDES, TINY_CROPS, find_checkpoint, free_port, logged_losses, readme_command, run_script
 
 
 def _check_layout(path, arch="resnet18", dim=128, K=64, epoch=1):
@@ -37,15 +37,9 @@ def test_readme_command_trains_on_cpu(kind, sym, image_folder, tmp_path):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(run_dir))
 
 
-def _losses(stdout: str) -> list[float]:
-    return [float(x) for x in re.findall(r"Loss (\S+) \(", stdout)]
-
-
 def test_torchrun_two_processes_then_resume(image_folder, tmp_path):
     log_path = str(tmp_path / "log")
-    common = ["--data", image_folder, *CPU_OVERRIDES, "--log_path", log_path, "--nmb_crops", "1", "1",
-              "--size_crops", "32", "16", "--min_scale_crops", "0.2", "0.086", "--max_scale_crops", "1.0", "0.429",
-              "--pick_strong", "1", "--pick_weak", "0"]
+    common = ["--data", image_folder, *CPU_OVERRIDES, "--log_path", log_path, *TINY_CROPS]
     r = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "main_clsa.py",
                     "--dist_url", "env://", *common])
     assert r.returncode == 0, r.stdout + r.stderr
@@ -72,12 +66,10 @@ def test_torchrun_two_processes_then_resume(image_folder, tmp_path):
 def test_seed_makes_runs_repeatable(image_folder, tmp_path):
     def run(tag, seed):
         argv = ["main_clsa.py", "--data", image_folder, *CPU_OVERRIDES, "--log_path", str(tmp_path / tag),
-                "--nmb_crops", "1", "1", "--size_crops", "32", "16", "--min_scale_crops", "0.2", "0.086",
-                "--max_scale_crops", "1.0", "0.429", "--pick_strong", "1", "--pick_weak", "0", "--seed", str(seed),
-                "--workers", "2"]
+                *TINY_CROPS, "--seed", str(seed), "--workers", "2"]
         r = run_script(argv)
         assert r.returncode == 0, r.stdout + r.stderr
-        return _losses(r.stdout)
+        return logged_losses(r.stdout)
 
     a, b, c = run("a", 3), run("b", 3), run("c", 4)
     assert len(a) == 2 and a == b
