@@ -202,7 +202,7 @@ def train(model, optimizer, loader, step, args, ctx, logger, run_dir, pos, stop,
         is_best, best_acc = acc1 > best_acc, max(acc1, best_acc)
         lr = optimizer.param_groups[0]["lr"]  # the last iteration's
         msg = (f"epoch {epoch} done in {format_duration(summary['seconds'])}: lr {lr:.4g} loss {summary['loss']:.4f} "
-               f"(InfoNCE {summary['infonce']:.4f}, DDM {summary['ddm']:.4f}) Acc@1 {acc1:.2f} "
+               f"(InfoNCE {summary['infonce']:.4f}, {step.config.strong_label} {summary['ddm']:.4f}) Acc@1 {acc1:.2f} "
                f"{summary['img_per_s']:.1f} img/s")
         scalars = {"epoch/loss": summary["loss"], "epoch/infonce": summary["infonce"], "epoch/ddm": summary["ddm"],
                    "epoch/acc1": acc1, "epoch/lr": lr}

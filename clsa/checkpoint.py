@@ -238,7 +238,7 @@ def best_acc_value(ckpt: dict[str, Any]) -> float:
     return float(value.item() if torch.is_tensor(value) else value)
 
 
-COMPAT_FIELDS = ("arch", "moco_dim", "moco_k", "mlp", "sym")
+COMPAT_FIELDS = ("arch", "moco_dim", "moco_k", "mlp", "sym", "strong_loss")
 
 
 def check_compatible(ckpt: dict[str, Any], args: Any, path: str) -> None:

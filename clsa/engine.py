@@ -62,6 +62,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     epoch early, else None) and `skipped_files` (unreadable images this process replaced)."""
     timers = {k: AverageMeter(n, ":6.3f") for k, n in (("time", "Time"), ("data", "Data"))}
     means = DeviceMeans(list(STATS))
+    labels = dict(STATS, ddm=(step.config.strong_label, STATS["ddm"][1]))
     flags = StepFlags(check_lag)
     model.train()
     n_iters = min(steps_per_epoch, max_iters) if max_iters else steps_per_epoch
@@ -119,7 +120,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             last, avg = means.read()
             rate = images / max(end - start, 1e-9)
             eta = (n_iters - i - 1) * timers["time"].avg
-            shown = [timers["time"], timers["data"]] + [_meter(STATS[k], last[k], avg[k]) for k in STATS]
+            shown = [timers["time"], timers["data"]] + [_meter(labels[k], last[k], avg[k]) for k in STATS]
             logger.info(progress_line(f"Epoch: [{epoch}]", i, n_iters, shown,
                                       f"img/s {rate:7.1f}\tETA {format_duration(eta)}"))
             logger.scalars({**{f"train/{k}": last[k] for k in STATS}, "train/img_per_s": rate,

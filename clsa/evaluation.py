@@ -1,17 +1,17 @@
 """The evaluation kit shared by the kNN monitor, `lincls.py`, `VOC_CLF/` and `experiments/`.
 
-- `topk_accuracy`: the one top-k metric (pretraining's instance retrieval, linear evaluation, kNN);
 - `eval_transform`: Resize + CenterCrop + ImageNet normalisation of frozen-feature evaluation;
 - `extract_features`: pooled features of a frozen backbone (fc replaced by Identity, eval mode) over a whole
   dataset, sharded `rank::world` under torch.distributed (`shard_indices`, `gather_shards`) so that each image is
   encoded once and every rank ends with all rows in dataset order.
 
-Linear heads and their schedule are in `clsa/linear.py`, the kNN rule in `clsa/knn.py`.
+Linear heads and their schedule are in `clsa/linear.py`, the kNN rule in `clsa/knn.py`, the top-k metric in
+`clsa/metrics.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -22,24 +22,6 @@ from torchvision import transforms as T
 
 from clsa.distributed import concat_all_gather, get_rank, get_world_size
 from data_processing.transforms import normalize
-
-
-@torch.no_grad()
-def topk_accuracy(scores: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5), counts: bool = False,
-                  on_device: bool = False) -> list[float] | list[int] | list[torch.Tensor]:
-    """Per k in `ks`, how many rows of `scores` (N x C) have `target` among their k highest; k is capped at C.
-
-    Returns percentages (the float32 mean of the hits, times 100: the numbers pretraining logs), or with
-    counts=True the exact number of such rows, for summing over batches and processes. on_device=True: the
-    percentages as 0-d tensors on the scores' device (no host synchronisation).
-    """
-    maxk = min(max(ks), scores.shape[1])
-    hit = scores.topk(maxk, dim=1).indices.eq(target[:, None])
-    hits = [hit[:, :min(k, maxk)].any(1) for k in ks]
-    if counts:
-        return [int(h.sum()) for h in hits]
-    percents = [h.float().mean() * 100.0 for h in hits]
-    return percents if on_device else [p.item() for p in percents]
 
 
 def eval_transform(size: int, resize: int | None = None) -> T.Compose:

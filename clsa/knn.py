@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from clsa.distributed import unwrap
-from clsa.evaluation import extract_features, topk_accuracy
+from clsa.evaluation import extract_features
+from clsa.metrics import topk_accuracy
 
 
 def knn_predict(features: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int, k: int,

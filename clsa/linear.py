@@ -18,8 +18,8 @@ import torch.nn as nn
 from clsa import trace
 from clsa.builder import backbone
 from clsa.distributed import all_reduce_sum, get_rank, unwrap
-from clsa.evaluation import topk_accuracy
 from clsa.faults import StopRequest, agree_to_stop
+from clsa.metrics import topk_accuracy
 from ops.runlog import AverageMeter, progress_line
 
 

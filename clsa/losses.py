@@ -10,8 +10,8 @@ global batch (N_g x d, rows in global-rank order), Q the queue (d x K). Candidat
 
 Terms are summed over views and pairs (as the 2021 code does). Everything is computed in float32 with log_softmax.
 
-`clsa_loss` is what training uses. `infonce` and `ddm` are one-term reference versions of the formulas above, used
-only by tests/test_losses.py to check `clsa_loss` term by term.
+`clsa_loss` is the objective above (`--strong_loss ddm`); `strong_infonce_loss` is the ablation that uses each strong
+view as one more InfoNCE query instead (`--strong_loss infonce`): L = sum_a InfoNCE(q_a) + alpha sum_b InfoNCE(s_b).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from clsa.evaluation import topk_accuracy
+from clsa.metrics import topk_accuracy  # torch only
 
 
 def candidate_logits(x: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
@@ -29,25 +29,30 @@ def candidate_logits(x: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor) -
     return torch.cat([x @ keys.t(), x @ queue], dim=-1)
 
 
-def infonce(logits: torch.Tensor, labels: torch.Tensor, T: float) -> torch.Tensor:
-    """Mean cross-entropy of c(q)/T against the positive's index.
-
-    Reference version of one InfoNCE term, used only by the tests (training computes it inside `clsa_loss`)."""
-    return F.cross_entropy(logits / T, labels)
-
-
-def ddm(target_logits: torch.Tensor, pred_logits: torch.Tensor, T2: float) -> torch.Tensor:
-    """Distribution divergence -mean_i sum_j softmax(t/T2) log_softmax(s/T2); no gradient through the target.
-
-    Reference version of one DDM term, used only by the tests (training computes it inside `clsa_loss`)."""
-    p = F.softmax(target_logits.detach() / T2, dim=-1)
-    return -(p * F.log_softmax(pred_logits / T2, dim=-1)).sum(-1).mean()
+def _weak_terms(weak: Sequence[torch.Tensor], strong: Sequence[torch.Tensor], keys: torch.Tensor,
+                queue: torch.Tensor, label_offset: int, T: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor | float]]:
+    """Shared part of both objectives: every view's candidates c(x) in one matmul ((W + S) x N x (N_g + K)), the
+    positives' indices, sum_a InfoNCE_a and the stats of the weak views."""
+    if not weak:
+        raise ValueError("the loss needs at least one weak view")
+    keys, queue = keys.float(), queue.float()
+    views = torch.stack([v.float() for v in (*weak, *strong)])  # (W + S) x N x d
+    logits = candidate_logits(views, keys, queue)  # (W + S) x N x (N_g + K)
+    n_weak, n = len(weak), weak[0].shape[0]
+    labels = torch.arange(n, device=logits.device) + label_offset
+    weak_logits = logits[:n_weak]
+    info = F.cross_entropy((weak_logits / T).flatten(0, 1), labels.repeat(n_weak), reduction="sum") / n
+    acc1, acc5 = topk_accuracy(weak_logits[0].detach(), labels, on_device=True)
+    stats = {"infonce": info.detach(), "ddm": torch.zeros((), device=info.device), "acc1": acc1, "acc5": acc5,
+             "n_infonce": float(n_weak), "n_ddm": 0.0}
+    return logits, labels, info, stats
 
 
 def clsa_loss(weak: Sequence[torch.Tensor], strong: Sequence[torch.Tensor], keys: torch.Tensor, queue: torch.Tensor,
               label_offset: int, T: float, T2: float, alpha: float
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
-    """CLSA objective for one set of keys. Returns (loss, stats).
+    """CLSA objective for one set of keys: sum_a InfoNCE_a + alpha sum_a sum_b DDM_ab. Returns (loss, stats).
 
     Args:
         weak: W tensors (N x d), L2-normalised embeddings of the picked weak views.
@@ -64,22 +69,34 @@ def clsa_loss(weak: Sequence[torch.Tensor], strong: Sequence[torch.Tensor], keys
     One matmul computes every view's candidates, and sum_a sum_b DDM_ab is evaluated as
     -mean_i sum_j (sum_a p_a)[i, j] (sum_b log p_b)[i, j], which is the same sum without W x S products.
     """
-    if not weak:
-        raise ValueError("clsa_loss needs at least one weak view")
-    keys, queue = keys.float(), queue.float()
-    views = torch.stack([v.float() for v in (*weak, *strong)])  # (W + S) x N x d
-    logits = candidate_logits(views, keys, queue)  # (W + S) x N x (N_g + K)
-    n_weak, n = len(weak), weak[0].shape[0]
-    labels = torch.arange(n, device=logits.device) + label_offset
-    weak_logits = logits[:n_weak]
-    info = F.cross_entropy((weak_logits / T).flatten(0, 1), labels.repeat(n_weak), reduction="sum") / n
-    acc1, acc5 = topk_accuracy(weak_logits[0].detach(), labels, on_device=True)
-    stats = {"infonce": info.detach(), "ddm": torch.zeros((), device=info.device), "acc1": acc1, "acc5": acc5,
-             "n_infonce": float(n_weak), "n_ddm": float(n_weak * len(strong))}
+    logits, _, info, stats = _weak_terms(weak, strong, keys, queue, label_offset, T)
+    n_weak = len(weak)
+    stats["n_ddm"] = float(n_weak * len(strong))
     if not strong or alpha == 0:
         return info, stats
-    p_sum = F.softmax(weak_logits.detach() / T2, dim=-1).sum(0)
+    p_sum = F.softmax(logits[:n_weak].detach() / T2, dim=-1).sum(0)
     logp_sum = F.log_softmax(logits[n_weak:] / T2, dim=-1).sum(0)
     ddm_sum = -(p_sum * logp_sum).sum(-1).mean()
     stats["ddm"] = ddm_sum.detach()
     return info + alpha * ddm_sum, stats
+
+
+def strong_infonce_loss(weak: Sequence[torch.Tensor], strong: Sequence[torch.Tensor], keys: torch.Tensor,
+                        queue: torch.Tensor, label_offset: int, T: float, alpha: float
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+    """The naive use of strong views (`--strong_loss infonce`, the ablation CLSA argues against): every strong view
+    is one more InfoNCE query against the same keys and queue, positive = its own image's key, weighted by alpha:
+
+        L = sum_a InfoNCE_a(q_a) + alpha * sum_b InfoNCE_b(s_b),   all at temperature T; no DDM term.
+
+    Arguments and stats as `clsa_loss` (no T2); stats['ddm'] holds sum_b InfoNCE_b(s_b) and 'n_ddm' is S.
+    """
+    logits, labels, info, stats = _weak_terms(weak, strong, keys, queue, label_offset, T)
+    n_weak, n_strong, n = len(weak), len(strong), weak[0].shape[0]
+    stats["n_ddm"] = float(n_strong)
+    if not strong or alpha == 0:
+        return info, stats
+    strong_sum = F.cross_entropy((logits[n_weak:] / T).flatten(0, 1), labels.repeat(n_strong),
+                                 reduction="sum") / n
+    stats["ddm"] = strong_sum.detach()
+    return info + alpha * strong_sum, stats

@@ -17,12 +17,13 @@ import torch
 import torch.nn as nn
 
 from clsa.distributed import unwrap
-from clsa.losses import clsa_loss
+from clsa.losses import clsa_loss, strong_infonce_loss
 
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """T (`--moco_t`), T2 (`--clsa_t`), alpha, --sym, the picked crops and bf16 autocast (`--amp`)."""
+    """T (`--moco_t`), T2 (`--clsa_t`), alpha, --sym, the picked crops, bf16 autocast (`--amp`) and what the
+    strong views are trained with (`--strong_loss`: "ddm", CLSA; "infonce", the ablation)."""
     moco_t: float
     clsa_t: float
     alpha: float
@@ -30,17 +31,30 @@ class MethodConfig:
     pick_weak: tuple[int, ...]
     pick_strong: tuple[int, ...]
     amp: bool
+    strong_loss: str = "ddm"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> MethodConfig:
         # alpha 0 means MoCo v2: no strong views are computed at all.
         strong = tuple(args.pick_strong) if args.alpha != 0 else ()
         return cls(args.moco_t, args.clsa_t, args.alpha, bool(args.sym), tuple(args.pick_weak), strong,
-                   bool(args.amp))
+                   bool(args.amp), getattr(args, "strong_loss", "ddm"))
 
     @property
     def num_weak(self) -> int:
         return len(self.pick_weak)
+
+    @property
+    def strong_label(self) -> str:
+        """How progress lines name the strong-view term: DDM, or StrongNCE under --strong_loss infonce."""
+        return "StrongNCE" if self.strong_loss == "infonce" else "DDM"
+
+    def objective(self, weak: list[torch.Tensor], strong: list[torch.Tensor], keys: torch.Tensor,
+                  queue: torch.Tensor, offset: int) -> tuple[torch.Tensor, dict]:
+        """The loss of one set of keys: clsa_loss (DDM) or strong_infonce_loss, with this config's T, T2, alpha."""
+        if self.strong_loss == "infonce":
+            return strong_infonce_loss(weak, strong, keys, queue, offset, self.moco_t, self.alpha)
+        return clsa_loss(weak, strong, keys, queue, offset, self.moco_t, self.clsa_t, self.alpha)
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -79,12 +93,11 @@ class CLSAStep:
             out = model(key, weak, strong)
         # No copy: the queue is only overwritten (dequeue_and_enqueue) after backward has used it.
         queue = unwrap(model).queue.detach()
-        loss, stats = clsa_loss(out.weak, out.strong, out.keys, queue, offset, c.moco_t, c.clsa_t, c.alpha)
+        loss, stats = c.objective(out.weak, out.strong, out.keys, queue, offset)
         if not c.sym:
             return StepOutput(loss, stats, out.keys)
         # Pass 2: the other weak queries and the key-view query against k2 = encoder_k(weak view 0).
-        loss2, stats2 = clsa_loss(out.weak[1:] + [out.key_query], out.strong, out.keys2, queue, offset,
-                                  c.moco_t, c.clsa_t, c.alpha)
+        loss2, stats2 = c.objective(out.weak[1:] + [out.key_query], out.strong, out.keys2, queue, offset)
         for name in ("infonce", "ddm", "n_infonce", "n_ddm"):
             stats[name] += stats2[name]
         return StepOutput(loss + loss2, stats, out.keys2)

@@ -159,6 +159,8 @@ class BatchRandAugment:
         return torch.where(keep, op, torch.full_like(op, -1)), v, sign
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if self.n == 0:  # --aug_times 0: the weak pipeline exactly (no draw, on any device's generator)
+            return x
         op, v, sign = self.draw(x.shape[0], g)
         for t in range(self.n):
             x = apply_op(x, op[:, t], v[:, t], sign[:, t])

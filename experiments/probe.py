@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from clsa.builder import backbone
-from clsa.evaluation import eval_transform, extract_features, topk_accuracy
+from clsa.evaluation import eval_transform, extract_features
 from clsa.knn import knn_accuracy
+from clsa.metrics import topk_accuracy
 from clsa.pretrained import load_encoder_weights
 from data_processing.datasets import labelled_splits
 
@@ -74,7 +75,7 @@ def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def _score(head: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
-    """The probe's top-1 in percent (clsa.evaluation.topk_accuracy)."""
+    """The probe's top-1 in percent (clsa.metrics.topk_accuracy)."""
     with torch.no_grad():
         return topk_accuracy(head(x), y, (1,))[0]
 

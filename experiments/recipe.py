@@ -44,6 +44,7 @@ class Recipe:
     warmup_iters: int = 0
     amp: bool = False
     sym: int = 0
+    strong_loss: str = "ddm"
 
     def argv(self, data: str, run_dir: str, knn_data: str = "") -> list[str]:
         """`python main_clsa.py` argv for one process on this machine, resuming in `run_dir` when it can."""
@@ -57,6 +58,8 @@ class Recipe:
                "--multiprocessing_distributed", "0"]
         if self.sym:
             out += ["--sym", str(self.sym)]
+        if self.strong_loss != "ddm":
+            out += ["--strong_loss", self.strong_loss]
         for name in ("nmb_crops", "size_crops", "min_scale_crops", "max_scale_crops", "pick_weak", "pick_strong"):
             out += [f"--{name}", *(str(v) for v in self.crops[name])]
         if knn_data:

@@ -7,6 +7,10 @@ Arms, at equal epochs, batch and training subset (flags of main_clsa.py, see exp
 - `moco_v2`: the same code with --alpha 0 (no strong views are computed), key + one weak 32-px view;
 - `clsa_single`: + one strong 16-px view (DDM, alpha 1): the paper's single-crop setting scaled to 28-px images;
 - `clsa_multi`: 5 weak + 5 strong views at 32/28/24/20/16 px (the paper's 224/192/160/128/96 multi-crop);
+- the ablation of CLSA's claim (single-crop views, a 2 x 2 design with `clsa_single`): `clsa_aug0` (DDM on the
+  16-px crop without RandAugment, `--aug_times 0`), `strong_infonce` (the RandAugment-ed 16-px crop as an InfoNCE
+  positive, `--strong_loss infonce`) and `smallcrop_infonce` (the plain 16-px crop as an InfoNCE positive:
+  multi-crop MoCo, the view-matched baseline);
 - `random_init`: the same resnet18 untrained (several seeds; evaluation only).
 Each encoder is evaluated on the Fashion-MNIST test split by weighted kNN and a linear probe on frozen features
 (experiments/probe.py). Resumable: an arm whose result file exists is skipped; an interrupted pretraining resumes
@@ -41,26 +45,29 @@ PROG = "experiments/reproduce.py"
 EVAL_RESERVE_S = 90  # kept per remaining evaluation when the budget guard stops a pretraining
 
 
-PRETRAIN_ARMS = ("moco_v2", "clsa_single", "clsa_multi", "clsa_sym")
+PRETRAIN_ARMS = ("moco_v2", "clsa_single", "clsa_multi", "clsa_sym", "clsa_aug0", "strong_infonce",
+                 "smallcrop_infonce")
+# The single-crop arms: name -> the Recipe fields that set them apart (all: 32-px key/weak, 16-px second crop).
+SINGLE_ARMS = {"moco_v2": {"alpha": 0.0}, "clsa_single": {}, "clsa_sym": {"sym": 1},
+               "clsa_aug0": {"aug_times": 0}, "strong_infonce": {"strong_loss": "infonce"},
+               "smallcrop_infonce": {"strong_loss": "infonce", "aug_times": 0}}
 
 
 def arms(epochs: int, seeds: list[int], random_seeds: list[int], schedule: dict | None = None,
          lr_multi: float | None = None, include: tuple[str, ...] = PRETRAIN_ARMS[:3]
          ) -> list[tuple[str, Recipe | None, int]]:
     """(name, recipe or None for random init, seed) in the order they run: the first random init, then per seed
-    MoCo v2, CLSA single-crop and CLSA single-crop with the symmetric loss (`clsa_sym`, --sym 1), with CLSA
-    multi-crop (3-4x the cost per epoch) and the other random inits after the first seed's group. `include`: the
-    pretraining arms to run; `schedule`: Recipe fields shared by all arms (lr, cos, warmup_iters); `lr_multi`:
+    the single-crop arms in SINGLE_ARMS order (MoCo v2, CLSA single-crop, `--sym 1`, the three ablation arms), with
+    CLSA multi-crop (3-4x the cost per epoch) and the other random inits after the first seed's group. `include`:
+    the pretraining arms to run; `schedule`: Recipe fields shared by all arms (lr, cos, warmup_iters); `lr_multi`:
     the multi-crop arm's lr (its loss sums 5 InfoNCE + 25 DDM terms, not 1 + 1)."""
     sched = dict(schedule or {})
     multi = dict(sched, lr=lr_multi) if lr_multi else sched
     out: list[tuple[str, Recipe | None, int]] = [("random_init", None, random_seeds[0])]
     for i, seed in enumerate(seeds):
-        group = [("moco_v2", Recipe(epochs=epochs, alpha=0.0, seed=seed, crops=dict(SINGLE_CROP), **sched), seed),
-                 ("clsa_single", Recipe(epochs=epochs, alpha=1.0, seed=seed, crops=dict(SINGLE_CROP), **sched),
-                  seed),
-                 ("clsa_sym", Recipe(epochs=epochs, alpha=1.0, seed=seed, sym=1, crops=dict(SINGLE_CROP), **sched),
-                  seed)]
+        group = [(name, Recipe(**{"epochs": epochs, "alpha": 1.0, "seed": seed, "crops": dict(SINGLE_CROP),
+                                  **sched, **fields}), seed)
+                 for name, fields in SINGLE_ARMS.items()]
         if i == 0:
             group.append(("clsa_multi", Recipe(epochs=epochs, alpha=1.0, seed=seed, crops=dict(MULTI_CROP), **multi),
                           seed))
@@ -82,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--monitor_bank", type=int, default=2000, help="train images of the per-epoch kNN monitor")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="pretraining seeds (MoCo v2 and CLSA single)")
     p.add_argument("--arms", nargs="+", choices=PRETRAIN_ARMS, default=list(PRETRAIN_ARMS[:3]),
-                   help="pretraining arms to run (clsa_sym: CLSA single-crop with --sym 1)")
+                   help="pretraining arms to run (clsa_sym: CLSA single-crop with --sym 1; clsa_aug0, "
+                        "strong_infonce, smallcrop_infonce: the ablation, see the module's docstring)")
     p.add_argument("--random_seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--lr", type=float, default=0.1, help="pretraining lr (MoCo v2, CLSA single-crop)")
     p.add_argument("--lr_multi", type=float, default=0.02, help="pretraining lr of CLSA multi-crop")

@@ -7,10 +7,14 @@ import json
 import os
 import statistics
 
-ORDER = ("random_init", "moco_v2", "clsa_single", "clsa_sym", "clsa_multi")
+ORDER = ("random_init", "moco_v2", "clsa_single", "clsa_sym", "clsa_multi", "clsa_aug0", "strong_infonce",
+         "smallcrop_infonce")
 LABELS = {"random_init": "random init (no pretraining)", "moco_v2": "MoCo v2 (`--alpha 0`)",
           "clsa_single": "CLSA single-crop (32 + 16 px)",
-          "clsa_sym": "CLSA single-crop, symmetric (`--sym 1`)", "clsa_multi": "CLSA multi-crop (32/28/24/20/16 px)"}
+          "clsa_sym": "CLSA single-crop, symmetric (`--sym 1`)", "clsa_multi": "CLSA multi-crop (32/28/24/20/16 px)",
+          "clsa_aug0": "CLSA single-crop, 16-px crop without RandAugment (`--aug_times 0`)",
+          "strong_infonce": "strong 16-px view as InfoNCE positive (`--strong_loss infonce`)",
+          "smallcrop_infonce": "plain 16-px crop as InfoNCE positive (`--strong_loss infonce --aug_times 0`)"}
 
 
 def _stat(values: list[float]) -> dict:

@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--aug_times", type=int, default=5, help="RandAugment ops per strong view")
     g.add_argument("--clsa_t", type=float, default=0.2, help="DDM temperature T2")
     g.add_argument("--sym", type=int, default=0, help="1: symmetric variant (second key from weak view 0)")
+    g.add_argument("--strong_loss", choices=("ddm", "infonce"), default="ddm",
+                   help="how the strong views are trained: ddm = CLSA's distribution divergence to the weak view; "
+                        "infonce = the ablation: each strong view is one more InfoNCE query (positive: its own key), "
+                        "weighted by --alpha, no DDM term (added; not in the 2021 code)")
 
     g = p.add_argument_group("views (one entry per crop setting)")
     g.add_argument("--nmb_crops", type=int, nargs="+", default=[1, 1, 1, 1, 1], help="copies per crop setting")

@@ -6,8 +6,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clsa.evaluation import topk_accuracy
-from clsa.losses import candidate_logits, clsa_loss, ddm, infonce
+from clsa.losses import candidate_logits, clsa_loss, strong_infonce_loss
+from clsa.metrics import topk_accuracy
+
+
+def infonce(logits: torch.Tensor, labels: torch.Tensor, T: float) -> torch.Tensor:
+    """Reference InfoNCE term: mean cross-entropy of c(q)/T against the positive's index."""
+    return F.cross_entropy(logits / T, labels)
+
+
+def ddm(target_logits: torch.Tensor, pred_logits: torch.Tensor, T2: float) -> torch.Tensor:
+    """Reference DDM term: -mean_i sum_j softmax(t/T2) log_softmax(s/T2), no gradient through the target."""
+    p = F.softmax(target_logits.detach() / T2, dim=-1)
+    return -(p * F.log_softmax(pred_logits / T2, dim=-1)).sum(-1).mean()
 
 
 def test_infonce_and_ddm_by_hand():
@@ -96,3 +107,46 @@ def test_low_temperature_and_bf16_inputs_stay_finite():
 def test_topk_caps_k_at_candidates():
     logits = torch.tensor([[0.1, 0.9, 0.0]])
     assert topk_accuracy(logits, torch.tensor([0]), (1, 5)) == [0.0, 100.0]
+
+
+def _reference_strong_infonce(weak, strong, keys, queue, offset, T, alpha):
+    """Per-view loop of --strong_loss infonce: every weak and every strong view is an InfoNCE query."""
+    labels = torch.arange(weak[0].shape[0]) + offset
+    total_info = sum(infonce(candidate_logits(q, keys, queue), labels, T) for q in weak)
+    total_strong = sum(infonce(candidate_logits(s, keys, queue), labels, T) for s in strong)
+    return total_info + alpha * total_strong, total_info, total_strong
+
+
+@pytest.mark.parametrize("n_weak,n_strong,offset", [(1, 1, 0), (2, 3, 8)])
+def test_strong_infonce_matches_per_view_loop_and_gradients(n_weak, n_strong, offset):
+    """A mutation that drops alpha, uses T2 for the strong terms, gives the strong views the wrong positive or
+    detaches them fails here (values or gradients)."""
+    torch.manual_seed(3)
+    n, d, world, K = 4, 8, 3, 16
+    weak = [F.normalize(torch.randn(n, d), dim=1).requires_grad_() for _ in range(n_weak)]
+    strong = [F.normalize(torch.randn(n, d), dim=1).requires_grad_() for _ in range(n_strong)]
+    keys = F.normalize(torch.randn(n * world, d), dim=1)
+    queue = F.normalize(torch.randn(d, K), dim=0)
+    loss, stats = strong_infonce_loss(weak, strong, keys, queue, offset, 0.2, 0.7)
+    ref, ref_info, ref_strong = _reference_strong_infonce(weak, strong, keys, queue, offset, 0.2, 0.7)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert stats["infonce"] == pytest.approx(ref_info.item(), rel=1e-5)
+    assert stats["ddm"] == pytest.approx(ref_strong.item(), rel=1e-5)
+    assert stats["n_infonce"] == n_weak and stats["n_ddm"] == n_strong
+    g = torch.autograd.grad(loss, weak + strong)
+    g_ref = torch.autograd.grad(ref, weak + strong)
+    for a, b in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_strong_infonce_differs_from_ddm_and_shares_the_weak_part():
+    torch.manual_seed(4)
+    weak = [F.normalize(torch.randn(4, 8), dim=1)]
+    strong = [F.normalize(torch.randn(4, 8), dim=1)]
+    keys, queue = F.normalize(torch.randn(4, 8), dim=1), F.normalize(torch.randn(8, 16), dim=0)
+    l_ddm, s_ddm = clsa_loss(weak, strong, keys, queue, 0, 0.2, 0.2, 1.0)
+    l_nce, s_nce = strong_infonce_loss(weak, strong, keys, queue, 0, 0.2, 1.0)
+    assert s_ddm["infonce"] == s_nce["infonce"]
+    assert abs(l_ddm.item() - l_nce.item()) > 1e-3
+    l0, _ = strong_infonce_loss(weak, strong, keys, queue, 0, 0.2, 0.0)  # alpha 0: InfoNCE of the weak views only
+    assert l0.item() == pytest.approx(s_nce["infonce"].item(), rel=1e-6)

@@ -47,3 +47,19 @@ def test_seeded_plan_with_the_symmetric_arm():
     sym = [r for name, r, _ in plan if name == "clsa_sym"]
     assert all(_flag(r.argv("DATA", "RUN"), "--sym") == ["1"] for r in sym)
     assert all("--sym" not in r.argv("DATA", "RUN") for name, r, _ in plan if name in ("moco_v2", "clsa_single"))
+
+
+def test_ablation_arms_differ_from_clsa_single_in_their_factor_only():
+    """The 2 x 2 design: each ablation arm's argv is clsa_single's plus exactly its own flags."""
+    plan = arms(7, [0], [0], {"lr": 0.1, "cos": 3, "warmup_iters": 100},
+                include=("clsa_single", "clsa_aug0", "strong_infonce", "smallcrop_infonce"))
+    argv = {name: r.argv("DATA", "RUN") for name, r, _ in plan if r is not None}
+    base = argv["clsa_single"]
+    assert "--strong_loss" not in base and _flag(base, "--aug_times") == ["5"]
+    expected = {"clsa_aug0": {"--aug_times": ["0"]}, "strong_infonce": {"--strong_loss": ["infonce"]},
+                "smallcrop_infonce": {"--aug_times": ["0"], "--strong_loss": ["infonce"]}}
+    for name, changed in expected.items():
+        flags = {a for a in argv[name] if a.startswith("--")} | {a for a in base if a.startswith("--")}
+        diff = {f: _flag(argv[name], f) for f in flags if f not in base or f not in argv[name]
+                or _flag(argv[name], f) != _flag(base, f)}
+        assert diff == changed, (name, diff)

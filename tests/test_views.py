@@ -101,3 +101,27 @@ def test_randaugment_draws(monkeypatch, photo):
         aug(photo)
     assert len(mags) == 2000 and min(mags) == 1 and max(mags) == 9
     assert 0.45 < len(calls) / 2000 < 0.55
+
+
+@pytest.mark.parametrize("backend", ["fast", "torchvision", "batch"])
+def test_aug_times_0_strong_view_is_exactly_the_weak_pipeline(backend, photo):
+    """--aug_times 0 (the ablation arms clsa_aug0 / smallcrop_infonce): a "strong" 16-px view is the weak 16-px view,
+    bit for bit, drawing the same random numbers (so also every later view is the same)."""
+    from data_processing.gpu_views import BatchViews
+    crops = expand_crops([1, 1], [32, 16], [0.2, 0.086], [1.0, 0.429])
+
+    def views(pick_weak, pick_strong, aug_times):
+        random.seed(0), np.random.seed(0), torch.manual_seed(0)
+        if backend == "batch":
+            image = torch.from_numpy(np.array(photo)).permute(2, 0, 1).contiguous()
+            return BatchViews(crops, pick_weak, pick_strong, aug_times)([image, image.flip(-1)],
+                                                                        torch.Generator().manual_seed(0))
+        t = MultiViewTransform(crops, pick_weak, pick_strong, aug_times, backend=backend)
+        return [v for _ in range(3) for v in t(photo)]  # 3 images: the RNG stream after the views matters too
+
+    as_weak, as_strong = views([0, 1], [], 0), views([0], [1], 0)
+    assert len(as_weak) == len(as_strong)
+    for a, b in zip(as_weak, as_strong, strict=True):
+        assert torch.equal(a, b)
+    with_ra = views([0], [1], 5)
+    assert not all(torch.equal(a, b) for a, b in zip(as_weak, with_ra, strict=True))
