@@ -4,8 +4,9 @@
     python experiments/fingerprint.py OUT.json           # at one commit
     python experiments/fingerprint.py OUT2.json --compare OUT.json
 
-Three runs of `main_clsa.py` (single-crop, multi-crop, single-crop with --sym 1) on the same small generated image
-folder, --seed 0, 2 epochs of 3 iterations, 1 CPU process with 1 loader worker. Recorded per run: every logged
+Runs of `main_clsa.py` on the same small generated image folder, --seed 0, 2 epochs of 3 iterations, 1 loader
+worker: single-crop, multi-crop, single-crop with --sym 1, single-crop with --views gpu (on the CPU device), and
+single-crop in 2 CPU processes (gloo; `--runs` picks some). Recorded per run: every logged
 loss/InfoNCE/DDM value as printed, and a sha256 of each tensor of the final checkpoint (weights, queue, optimizer
 momentum, RNG states). Paths in the checkpoint's `args` are left out. Equal fingerprints mean the same computation.
 """
@@ -17,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +41,8 @@ RUNS = {
               "2"],
 }
 RUNS["sym"] = RUNS["single"] + ["--sym", "1"]
+RUNS["views_gpu"] = RUNS["single"] + ["--views", "gpu"]
+RUNS["gloo2"] = RUNS["single"] + ["--multiprocessing_distributed", "1", "--cpu_procs", "2"]
 LOSS = re.compile(r"(Loss|InfoNCE|DDM) (\S+) \(")
 
 
@@ -66,13 +70,20 @@ def tensors(obj, prefix: str = ""):
             yield from tensors(v, f"{prefix}.{i}")
 
 
-def fingerprint(work: str) -> dict:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fingerprint(work: str, runs: list[str]) -> dict:
     data = os.path.join(work, "data")
     write_images(data)
     out = {}
-    for name, flags in RUNS.items():
+    for name in runs:
         run_dir = os.path.join(work, name)
-        argv = [sys.executable, "main_clsa.py", "--data", data, "--run_dir", run_dir, *COMMON, *flags]
+        argv = [sys.executable, "main_clsa.py", "--data", data, "--run_dir", run_dir, *COMMON, *RUNS[name],
+                "--dist_url", f"tcp://127.0.0.1:{free_port()}"]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
         if done.returncode != 0:
@@ -89,7 +100,7 @@ def fingerprint(work: str) -> dict:
 
 def compare(a: dict, b: dict) -> int:
     bad = 0
-    for name in RUNS:
+    for name in [r for r in RUNS if r in a and r in b]:
         same_loss = a[name]["losses"] == b[name]["losses"]
         diff = sorted(k for k in set(a[name]["tensors"]) | set(b[name]["tensors"])
                       if a[name]["tensors"].get(k) != b[name]["tensors"].get(k))
@@ -103,10 +114,11 @@ def compare(a: dict, b: dict) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", help="where to write this commit's fingerprint (JSON)")
-    p.add_argument("--compare", default="", help="an earlier fingerprint to compare against")
+    p.add_argument("--compare", default="", help="an earlier fingerprint to compare against (runs in both)")
+    p.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs (default: all)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        result = fingerprint(work)
+        result = fingerprint(work, args.runs)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     if args.compare:
