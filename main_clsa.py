@@ -12,6 +12,7 @@ with --resume), 130 interrupted (SIGINT). A checkpoint is written before 75 and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 
@@ -28,15 +29,16 @@ from clsa.checkpoint import (
     restore_run_state,
     save_run_state,
 )
-from clsa.distributed import all_reduce_sum, broadcast_object, gather_objects, wrap_ddp
-from clsa.engine import NonFiniteLoss, learning_rate, train_one_epoch
+from clsa.distributed import all_reduce_sum, broadcast_object, gather_objects, unwrap, wrap_ddp
+from clsa.engine import DeviceBatches, LoopConfig, NonFiniteLoss, learning_rate, train_one_epoch
 from clsa.faults import EXIT_NONFINITE, StopRequest, agree_to_stop
-from clsa.step import CLSAStep, MethodConfig
+from clsa.losses import Objective
 from data_processing.datasets import build_dataset
 from data_processing.device_views import DeviceViews, EncodedImages, collate_encoded, read_file_bytes
 from data_processing.gpu_views import BatchViews
 from data_processing.sampling import EpochSampler, RobustViews
-from data_processing.transforms import MultiViewTransform, expand_crops
+from data_processing.transforms import MultiViewTransform
+from data_processing.view_plan import ViewPlan, expand_crops
 from ops.argparser import parse_args
 from ops.environment import keep_freed_memory, loader_worker_init, seed_everything
 from ops.errors import UsageError, exit_usage
@@ -114,19 +116,17 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
         keep_freed_memory()
     seed_everything(args.seed, ctx.rank, deterministic=args.seed is not None)
     batch = args.batch_size // ctx.local_world_size  # checked in main() (launch's check)
-    crops = expand_crops(args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops)
-    method = MethodConfig.from_args(args)
+    plan = view_plan(args)
     if args.views == "gpu":
-        transform = BatchViews(crops, list(method.pick_weak), list(method.pick_strong), args.aug_times)
-        make_views = DeviceViews(transform, ctx.device, args.seed, ctx.rank, args.strict_data)
+        make_views = DeviceViews(BatchViews(plan), ctx.device, args.seed, ctx.rank, args.strict_data)
     else:
-        transform = MultiViewTransform(crops, list(method.pick_weak), list(method.pick_strong), args.aug_times)
         make_views = None
-    loader = build_loader(args, ctx, batch, None if make_views else transform)
+    loader = build_loader(args, ctx, batch, None if make_views else MultiViewTransform(plan))
+    objective = Objective(args.moco_t, args.clsa_t, args.alpha, args.strong_loss)
     model = CLSA(args.arch, args.moco_dim, args.moco_k, args.moco_m, bool(args.mlp), bool(args.sym),
-                 args.channels_last).to(ctx.device)
+                 args.channels_last, objective).to(ctx.device)
     if args.compile:
-        model.compile_encoders(len(set(transform.sizes())))
+        model.compile_encoders(len(set(plan.sizes())))
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], args.lr,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
     pos = resume(args, model, optimizer)
@@ -138,9 +138,7 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
     logger.info(f"{ctx.world_size} process(es) on {ctx.device.type}, batch {batch} per process "
                 f"(global {batch * ctx.world_size}), arch {args.arch}, K {args.moco_k}, "
                 f"{loader.sampler.batches_per_epoch()} iterations/epoch")
-    sizes = transform.sizes()
-    logger.info(f"views per image: key {sizes[0]}px, weak {sizes[1:1 + transform.num_weak]}, "
-                f"strong {sizes[1 + transform.num_weak:]}")
+    logger.info(f"views per image: {plan.describe()}")
     if pos["path"]:
         logger.info(f"resumed {pos['path']} at epoch {pos['epoch']} iteration {pos['iteration']} "
                     f"(queue_ptr {int(model.queue_ptr)})")
@@ -154,7 +152,7 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
                         "computes the same losses (torch's find_unused_parameters warning that follows is expected)")
     logger.write_json("args.json", vars(args))
     try:
-        train(model, optimizer, loader, CLSAStep(method), args, ctx, logger, run_dir, pos, stop, make_views)
+        train(model, optimizer, loader, plan, args, ctx, logger, run_dir, pos, stop, make_views)
     finally:
         shutdown_loader_workers(loader)
         logger.close()
@@ -170,22 +168,29 @@ def shutdown_loader_workers(loader: DataLoader) -> None:
     loader._iterator = None
 
 
-def train(model, optimizer, loader, step, args, ctx, logger, run_dir, pos, stop, make_views=None) -> None:
+def view_plan(args: argparse.Namespace) -> ViewPlan:
+    """The one view layout of this run (alpha 0 is MoCo v2: no strong view is built or forwarded)."""
+    crops = expand_crops(args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops)
+    return ViewPlan.build(crops, args.pick_weak, args.pick_strong, args.aug_times, strong=args.alpha != 0)
+
+
+def train(model, optimizer, loader, plan, args, ctx, logger, run_dir, pos, stop, make_views=None) -> None:
     knn_monitor = _knn_monitor(args, ctx, logger)
 
     def lr_at(epoch: float, iteration: int) -> float:
         return learning_rate(args.lr, epoch, args.epochs, args.cos, iteration, args.warmup_iters)
 
+    loop = LoopConfig(plan, lr_at, loader.sampler.batches_per_epoch(), args.print_freq, args.max_iters, args.amp,
+                      args.skip_nonfinite, check_lag=int(args.step_checks == "deferred" or (
+                          args.step_checks == "auto" and ctx.device.type == "cuda")))
+    batches = DeviceBatches(loader, ctx.device, make_views)
     best_acc, start_iter = pos["best_acc"], pos["iteration"]
     for epoch in range(pos["epoch"], args.epochs):
         loader.sampler.set_epoch(epoch)
         loader.sampler.start_batch = start_iter
         try:
-            summary = train_one_epoch(model, loader, optimizer, step, lr_at, epoch, ctx,
-                                      logger, loader.sampler.batches_per_epoch(), start_iter, stop,
-                                      args.max_iters, args.print_freq, args.skip_nonfinite, make_views,
-                                      check_lag=int(args.step_checks == "deferred" or (args.step_checks == "auto"
-                                                                                      and ctx.device.type == "cuda")))
+            cfg = dataclasses.replace(loop, start_iter=start_iter)
+            summary = train_one_epoch(model, batches, optimizer, epoch, cfg, ctx, logger, stop)
         except NonFiniteLoss as err:
             last = os.path.join(run_dir, LAST)
             logger.info(f"{PROG}: error: {err}; the last good checkpoint is {last if os.path.exists(last) else 'none'}"
@@ -202,7 +207,8 @@ def train(model, optimizer, loader, step, args, ctx, logger, run_dir, pos, stop,
         is_best, best_acc = acc1 > best_acc, max(acc1, best_acc)
         lr = optimizer.param_groups[0]["lr"]  # the last iteration's
         msg = (f"epoch {epoch} done in {format_duration(summary['seconds'])}: lr {lr:.4g} loss {summary['loss']:.4f} "
-               f"(InfoNCE {summary['infonce']:.4f}, {step.config.strong_label} {summary['ddm']:.4f}) Acc@1 {acc1:.2f} "
+               f"(InfoNCE {summary['infonce']:.4f}, {unwrap(model).objective.strong_label} {summary['ddm']:.4f}) "
+               f"Acc@1 {acc1:.2f} "
                f"{summary['img_per_s']:.1f} img/s")
         scalars = {"epoch/loss": summary["loss"], "epoch/infonce": summary["infonce"], "epoch/ddm": summary["ddm"],
                    "epoch/acc1": acc1, "epoch/lr": lr}

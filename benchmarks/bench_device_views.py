@@ -74,8 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         worker_gpu = worker_cpu_seconds(gpu_ds, collate_encoded, args.images)
 
         device = torch.device(args.device)
-        views = DeviceViews(BatchViews(setting.crops(), setting.pick_weak, setting.pick_strong, args.aug_times),
-                            device, seed=0, rank=0)
+        views = DeviceViews(BatchViews(setting.plan(args.aug_times)), device, seed=0, rank=0)
         batch = collate_encoded([gpu_ds[(0, i % len(gpu_ds))] for i in range(args.batch)])[0]
 
         def device_call(i: int) -> int:

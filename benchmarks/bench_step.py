@@ -3,7 +3,7 @@
 
 Modes (all built in one process and timed step by step in turn, so background load hits them alike):
   baseline            benchmarks/baseline_step.py: fp32, NCHW, per-pair loss loop with log(softmax)
-  default             clsa.builder.CLSA + clsa.step.CLSAStep, no flags
+  default             clsa.builder.CLSA (forward = the loss) + backward, SGD step, enqueue, no flags
   amp                 --amp (bf16 autocast; the loss in fp32)
   channels_last       --channels_last
   amp+channels_last   both
@@ -82,7 +82,7 @@ def make_views(setting, batch: int, seed: int):
     data = photo_bytes()
     t = setting.transform()
     samples = [t(decode(data[i % len(data)])) for i in range(batch)]
-    return [torch.stack([s[v] for s in samples]) for v in range(len(samples[0]))], t.num_weak
+    return [torch.stack([s[v] for s in samples]) for v in range(len(samples[0]))], t.plan.num_weak
 
 
 def _sync(device) -> None:
@@ -129,9 +129,8 @@ class Runner:
 
         from benchmarks.baseline_step import BaselineCLSA
         from clsa.builder import CLSA
-        from clsa.step import CLSAStep, MethodConfig
         self.mode, self.device, self.views, self.num_weak = mode, torch.device(args.device), views, num_weak
-        amp, cl = "amp" in mode, "channels_last" in mode
+        self.amp, cl = "amp" in mode, "channels_last" in mode
         torch.manual_seed(args.seed)
         model = CLSA(args.arch, args.moco_dim, args.moco_k, 0.999, mlp=True, sym=False, channels_last=cl)
         if mode == "baseline":
@@ -141,8 +140,6 @@ class Runner:
             self.model.compile_encoders(view_sizes=len(views) * len(COMPILE_MODES))
         self.opt = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad], 0.03, momentum=0.9,
                                    weight_decay=1e-4)
-        picks = tuple(range(num_weak))
-        self.clsa_step = CLSAStep(MethodConfig(0.2, 0.2, 1.0, False, picks, (0,) * (len(views) - 1 - num_weak), amp))
         self.losses: list[float] = []
         self.times: list[float] = []
 
@@ -152,9 +149,15 @@ class Runner:
         if self.mode == "baseline":
             loss = self.model.step(self.views, self.num_weak, self.opt)
         else:
-            out = self.clsa_step.loss(self.model, self.views, 0)
-            self.clsa_step.update(self.model, self.opt, out)
-            loss = float(out.loss.item())
+            from clsa.engine import autocast
+            w = self.num_weak
+            with autocast(self.device, self.amp):
+                out, _, keys = self.model(self.views[0], self.views[1:1 + w], self.views[1 + w:])
+            self.opt.zero_grad(set_to_none=True)
+            out.backward()
+            self.opt.step()
+            self.model.dequeue_and_enqueue(keys)
+            loss = float(out.item())
         _sync(self.device)
         if timed:
             self.times.append(time.perf_counter() - t0)

@@ -49,7 +49,7 @@ def build_modes(setting, modes: list[str]) -> dict:
             out[m] = (t, len(t.trans))
         else:
             t = setting.transform(backend=m)
-            out[m] = (t, 1 + t.num_weak + t.num_strong)
+            out[m] = (t, 1 + t.plan.num_weak + t.plan.num_strong)
     return out
 
 

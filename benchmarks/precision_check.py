@@ -61,7 +61,7 @@ def first_loss(args: argparse.Namespace, views: list, seed: int, round_inputs: b
     import torch
 
     from clsa.builder import CLSA
-    from clsa.step import CLSAStep, MethodConfig
+    from clsa.engine import autocast
     if round_inputs:
         views = [v.bfloat16().float() for v in views]
     torch.manual_seed(seed)
@@ -69,9 +69,8 @@ def first_loss(args: argparse.Namespace, views: list, seed: int, round_inputs: b
     if compiled:
         torch._dynamo.reset()  # a fresh model per cell: start each from an empty compile cache
         model.compile_encoders()
-    step = CLSAStep(MethodConfig(0.2, 0.2, 1.0, False, (0,), (0,), amp))
-    with torch.no_grad():
-        return float(step.loss(model, views, 0).loss)
+    with torch.no_grad(), autocast(torch.device(args.device), amp):
+        return float(model(views[0], [views[1]], [views[2]])[0])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -39,13 +39,14 @@ def ops_table(size: int, photos: list, calls: int) -> list[tuple[str, float, flo
     from data_processing import fast_ops
     from data_processing import fast_views as fv
     from data_processing.randaugment import RandAugment
+    from data_processing.view_plan import IMAGENET_MEAN, IMAGENET_STD
     crop_tv = T.RandomResizedCrop(size, scale=(0.2, 1.0))
     crop_fast = fv.ResizedCrop(size, (0.2, 1.0))
     random.seed(0)
     pils = [crop_tv(p) for p in photos]
     arrs = [np.asarray(p) for p in pils]
     jitter_tv, jitter_fast = T.ColorJitter(0.4, 0.4, 0.4, 0.1), fv.ColorJitter(0.4, 0.4, 0.4, 0.1, p=1.0)
-    norm_tv = T.Compose([T.ToTensor(), T.Normalize(fv.IMAGENET_MEAN, fv.IMAGENET_STD)])
+    norm_tv = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     norm_fast = fv.ToNormalizedTensor()
     ra = RandAugment(5, 10)
     rows = [

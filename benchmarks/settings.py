@@ -21,13 +21,19 @@ class Setting:
         self.nmb_crops = self.nmb_crops or [1] * len(self.size_crops)
 
     def crops(self):
-        from data_processing.transforms import expand_crops
+        from data_processing.view_plan import expand_crops
         return expand_crops(self.nmb_crops, self.size_crops, self.min_scale_crops, self.max_scale_crops)
+
+    def plan(self, aug_times: int | None = None):
+        """The setting's ViewPlan (data_processing/view_plan.py)."""
+        from data_processing.view_plan import ViewPlan
+        return ViewPlan.build(self.crops(), self.pick_weak, self.pick_strong,
+                              self.aug_times if aug_times is None else aug_times)
 
     def transform(self, backend: str = "fast"):
         """The project's MultiViewTransform for this setting."""
         from data_processing.transforms import MultiViewTransform
-        return MultiViewTransform(self.crops(), self.pick_weak, self.pick_strong, self.aug_times, backend=backend)
+        return MultiViewTransform(self.plan(), backend=backend)
 
     def reference(self):
         """The 2021 transform (every crop's weak and strong view)."""
@@ -37,9 +43,7 @@ class Setting:
 
     def view_sizes(self) -> list[int]:
         """Sizes of the views the step consumes: key, picked weak, picked strong."""
-        flat = [c.size for c in self.crops()]
-        return [flat[0]] + [flat[i] for i in sorted(set(self.pick_weak))] + [flat[i] for i in
-                                                                             sorted(set(self.pick_strong))]
+        return self.plan().sizes()
 
 
 SINGLE = Setting("single", [224, 96], [0.2, 0.086], [1.0, 0.429], pick_weak=[0], pick_strong=[1])

@@ -1,23 +1,32 @@
-"""The CLSA model: query encoder, momentum key encoder, queue of negatives, shuffle-BN.
+"""The CLSA model: query encoder f_q, momentum key encoder f_k, queue of K negatives, shuffle-BN, the objective.
 
-The model returns normalised embeddings; `clsa.losses.clsa_loss` turns them into the objective, and the training
-loop enqueues the keys after the loss is built (`dequeue_and_enqueue`).
+    loss, stats, keys = model(key, weak, strong)   # one iteration's objective (clsa/losses.py), both --sym passes
+    loss.backward(); optimizer.step()
+    model.dequeue_and_enqueue(keys)                # after the update: the loss read the queue without a copy
+
+The positives: keys are gathered in global-rank order, so local row i's positive is key row global_rank x N + i.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from clsa import trace
 from clsa.distributed import broadcast_tensor, concat_all_gather, get_rank, get_world_size
-from ops.errors import UsageError
+from clsa.losses import Objective
+
+
+class UnknownArch(ValueError):
+    """`arch` names no torchvision model."""
+
+    def __init__(self, arch: str) -> None:
+        super().__init__(f"{arch!r} is not a torchvision model")
+        self.arch = arch
 
 
 def backbone(arch: str, num_classes: int = 1000) -> nn.Module:
@@ -26,7 +35,7 @@ def backbone(arch: str, num_classes: int = 1000) -> nn.Module:
     try:
         return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     except ValueError:
-        raise UsageError(f"--arch {arch!r} is not a torchvision model") from None
+        raise UnknownArch(arch) from None
 
 
 def build_encoder(arch: str, dim: int, mlp: bool) -> nn.Module:
@@ -38,23 +47,15 @@ def build_encoder(arch: str, dim: int, mlp: bool) -> nn.Module:
     return encoder
 
 
-@dataclass
-class Embeddings:
-    """Outputs of one forward. `keys`/`keys2` are global (N_g x d, global-rank order)."""
-    weak: list[torch.Tensor]
-    strong: list[torch.Tensor]
-    keys: torch.Tensor
-    key_query: torch.Tensor | None = None  # sym=1: encoder_q(key view)
-    keys2: torch.Tensor | None = None  # sym=1: encoder_k(weak view 0), shuffled with its own permutation
-
-
 class CLSA(nn.Module):
-    """MoCo-style encoders with a d x K queue (K = `K`), momentum m and temperature-free embedding outputs."""
+    """MoCo-style encoders with a d x K queue (K = `K`) and momentum m; `objective` holds T, T2, alpha (and
+    whether strong views are trained by DDM or InfoNCE); `sym` adds the second pass of the symmetric variant."""
 
     def __init__(self, arch: str = "resnet50", dim: int = 128, K: int = 65536, m: float = 0.999,
-                 mlp: bool = True, sym: bool = False, channels_last: bool = False) -> None:
+                 mlp: bool = True, sym: bool = False, channels_last: bool = False,
+                 objective: Objective | None = None) -> None:
         super().__init__()
-        self.K, self.m, self.sym = K, m, sym
+        self.K, self.m, self.sym, self.objective = K, m, sym, objective or Objective()
         self.encoder_q = build_encoder(arch, dim, mlp)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
@@ -107,25 +108,34 @@ class CLSA(nn.Module):
         mine = perm[get_rank() * n:(get_rank() + 1) * n]
         k = self._f("k", x_all[mine])
         k_perm = concat_all_gather(k)
-        if trace.enabled():  # tests: the gathered inputs (one number per row), this process's own, the permutation
-            trace.record(get_rank(), "keys", gathered=trace.fingerprint(x_all), own=trace.fingerprint(x), perm=perm)
         return k_perm[torch.argsort(perm)]
 
     def encode_query(self, x: torch.Tensor) -> torch.Tensor:
         return self._f("q", x)
 
-    def forward(self, key: torch.Tensor, weak: list[torch.Tensor], strong: list[torch.Tensor]) -> Embeddings:
-        """One separate encoder_q forward per view (BN statistics per view and resolution)."""
+    def forward(self, key: torch.Tensor, weak: list[torch.Tensor], strong: list[torch.Tensor]
+                ) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """One iteration: (loss, stats, the keys to enqueue after the update). Each view is N images of this
+        process; one encoder_q forward per view (BN statistics per view and resolution)."""
         self.momentum_update()
         # Keys first: the same values either way, but on CPU it reuses memory the query graph would otherwise
         # page-fault in again (benchmarks/bench_alloc.py).
         keys = self.encode_keys(key)
         keys2 = self.encode_keys(weak[0]) if self.sym else None
-        out = Embeddings(weak=[self.encode_query(v) for v in weak], strong=[self.encode_query(v) for v in strong],
-                         keys=keys, keys2=keys2)
-        if self.sym:
-            out.key_query = self.encode_query(key)
-        return out
+        q = [self.encode_query(v) for v in weak]
+        s = [self.encode_query(v) for v in strong]
+        key_query = self.encode_query(key) if self.sym else None
+        # The positive of local row i is row global_rank x N + i of the keys (gathered in global-rank order).
+        offset = get_rank() * key.shape[0]
+        queue = self.queue.detach()  # no copy: dequeue_and_enqueue overwrites it only after backward
+        loss, stats = self.objective(q, s, keys, queue, offset)
+        if not self.sym:
+            return loss, stats, keys
+        # --sym 1, pass 2: the other weak queries and f_q(key view) against k2 = f_k(weak view 0); k2 is enqueued.
+        loss2, stats2 = self.objective(q[1:] + [key_query], s, keys2, queue, offset)
+        for name in ("infonce", "ddm", "n_infonce", "n_ddm"):
+            stats[name] += stats2[name]
+        return loss + loss2, stats, keys2
 
     @torch.no_grad()
     def dequeue_and_enqueue(self, keys: torch.Tensor, only_if: torch.Tensor | None = None) -> None:

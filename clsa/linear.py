@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from clsa import trace
 from clsa.builder import backbone
-from clsa.distributed import all_reduce_sum, get_rank, unwrap
+from clsa.distributed import all_reduce_sum, unwrap
 from clsa.faults import StopRequest, agree_to_stop
 from clsa.metrics import topk_accuracy
 from ops.runlog import AverageMeter, progress_line
@@ -128,8 +127,6 @@ def validate(model: nn.Module, loader: Iterable, device: torch.device, print_fre
         c1, c5 = topk_accuracy(output, target, counts=True)
         n = images.shape[0]
         totals += torch.tensor([c1, c5, loss.item(), n], dtype=torch.float64, device=device)
-        if trace.enabled():  # tests: which images this process validated (one number per image)
-            trace.record(get_rank(), "val", images=trace.fingerprint(images), target=target)
         meters["Loss"].update(loss.item() / n, n)
         meters["Acc@1"].update(100.0 * c1 / n, n)
         meters["Acc@5"].update(100.0 * c5 / n, n)

@@ -10,13 +10,15 @@ global batch (N_g x d, rows in global-rank order), Q the queue (d x K). Candidat
 
 Terms are summed over views and pairs (as the 2021 code does). Everything is computed in float32 with log_softmax.
 
-`clsa_loss` is the objective above (`--strong_loss ddm`); `strong_infonce_loss` is the ablation that uses each strong
-view as one more InfoNCE query instead (`--strong_loss infonce`): L = sum_a InfoNCE(q_a) + alpha sum_b InfoNCE(s_b).
+`clsa_loss` is the objective above; `strong_infonce_loss` is the ablation that uses each strong view as one more
+InfoNCE query instead: L = sum_a InfoNCE(q_a) + alpha sum_b InfoNCE(s_b). `Objective` holds T, T2, alpha and the
+choice between the two. Both run outside any autocast region of the caller (float32 whatever the encoders used).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -100,3 +102,29 @@ def strong_infonce_loss(weak: Sequence[torch.Tensor], strong: Sequence[torch.Ten
                                  reduction="sum") / n
     stats["ddm"] = strong_sum.detach()
     return info + alpha * strong_sum, stats
+
+
+@dataclass(frozen=True)
+class Objective:
+    """T, T2, alpha and what the strong views are trained with: "ddm" (CLSA, `clsa_loss`) or "infonce" (the
+    ablation, `strong_infonce_loss`). Called as objective(weak, strong, keys, queue, label_offset) -> (loss, stats)."""
+    T: float = 0.2
+    T2: float = 0.2
+    alpha: float = 1.0
+    strong_loss: str = "ddm"
+
+    def __post_init__(self) -> None:
+        if self.strong_loss not in ("ddm", "infonce"):
+            raise ValueError(f"strong_loss must be 'ddm' or 'infonce', got {self.strong_loss!r}")
+
+    @property
+    def strong_label(self) -> str:
+        """How progress lines name stats['ddm']: DDM, or StrongNCE for the ablation."""
+        return "StrongNCE" if self.strong_loss == "infonce" else "DDM"
+
+    def __call__(self, weak: Sequence[torch.Tensor], strong: Sequence[torch.Tensor], keys: torch.Tensor,
+                 queue: torch.Tensor, label_offset: int) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        with torch.autocast(keys.device.type, enabled=False):
+            if self.strong_loss == "infonce":
+                return strong_infonce_loss(weak, strong, keys, queue, label_offset, self.T, self.alpha)
+            return clsa_loss(weak, strong, keys, queue, label_offset, self.T, self.T2, self.alpha)

@@ -1,9 +1,10 @@
 """What the pretraining loop learns about each iteration without making the host wait for the device.
 
 `StepFlags`: every iteration's agreement of all processes on (a process asked to stop, every loss is finite), one
-all_reduce. With `lag` 1 the host reads iteration i's agreement during iteration i + 1, from a pinned copy that
-finished long before, and the update of iteration i is kept or undone on the device (`CLSAStep.update(only_if=)`);
-with `lag` 0 it waits for it before the update (the CPU default: nothing to overlap there).
+all_reduce. With `lag` 0 the host reads iteration i's agreement before its update (the CPU default: nothing to
+overlap there). With `lag` 1 (`--step_checks deferred`) it reads iteration i - 1's during iteration i, from a pinned
+copy that finished long before, and every update is applied through `guarded_step` / `dequeue_and_enqueue(only_if=)`,
+which keep it or undo it on the device.
 `DeviceMeans`: running means of the step statistics, summed on the device and read only when printed.
 """
 
@@ -87,3 +88,20 @@ class DeviceMeans:
         k = len(self.names)
         last, sums, count = values[:k], values[k:2 * k], max(values[2 * k], 1e-12)
         return dict(zip(self.names, last, strict=True)), {m: s / count for m, s in zip(self.names, sums, strict=True)}
+
+
+@torch.no_grad()
+def guarded_step(optimizer: torch.optim.Optimizer, only_if: torch.Tensor) -> None:
+    """optimizer.step(), kept only where `only_if` (a bool tensor) is true: parameters and SGD momentum buffers
+    are otherwise put back. A buffer the step created is put back as zeros, which the next step turns into
+    exactly the fresh buffer (m * 0 + g = g)."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    old_params = [p.detach().clone() for p in params]
+    old_bufs = [optimizer.state.get(p, {}).get("momentum_buffer") for p in params]
+    old_bufs = [None if b is None else b.clone() for b in old_bufs]
+    optimizer.step()
+    for p, old, old_buf in zip(params, old_params, old_bufs, strict=True):
+        p.copy_(torch.where(only_if, p, old))
+        buf = optimizer.state.get(p, {}).get("momentum_buffer")
+        if buf is not None:
+            buf.copy_(torch.where(only_if, buf, torch.zeros_like(buf) if old_buf is None else old_buf))

@@ -25,9 +25,7 @@ import torch
 from PIL import Image
 
 from data_processing import fast_ops
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from data_processing.view_plan import IMAGENET_MEAN, IMAGENET_STD
 
 
 def crop_box(width: int, height: int, scale: Sequence[float], ratio: Sequence[float]) -> tuple[int, int, int, int]:

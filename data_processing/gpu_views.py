@@ -1,6 +1,6 @@
 """The CLSA views built batched on the training device, with per-sample randomness (`--views gpu`).
 
-    views = BatchViews(crops, pick_weak, pick_strong, aug_times)   # arguments as MultiViewTransform's
+    views = BatchViews(plan)        # the ViewPlan of data_processing/view_plan.py, as MultiViewTransform's
     out = views(images, generator)  # images: uint8 3 x H x W tensors on one device, any sizes
     # out: [key, weak..., strong...], float32 N x 3 x size x size, normalised with the ImageNet mean and std
 
@@ -9,8 +9,9 @@ parameter distribution: 10 tries, then a centre crop) resized by `torchvision.op
 ceil(box / size) bilinear samples per output pixel and so antialiases a downscale; ColorJitter(0.4, 0.4, 0.4, 0.1)
 with p 0.8, per-sample factors and a per-sample random order; grayscale p 0.2; Gaussian blur p 0.5 with sigma ~
 U[0.1, 2] (PIL's radius is the standard deviation); horizontal flip p 0.5; for strong views RandAugment(aug_times,
-10) (data_processing/gpu_randaugment.py); normalisation. Pixels stay float32 in [0, 1]: the CPU pipeline rounds to
-uint8 after every op, so the two differ by that quantisation, not in distribution (tests/test_gpu_views.py).
+10) (data_processing/gpu_randaugment.py); normalisation with the plan's mean and std. Pixels stay float32 in
+[0, 1]: the CPU pipeline rounds to uint8 after every op, so the two differ by that quantisation, not in
+distribution (tests/test_gpu_views.py).
 
 Every draw comes from the `torch.Generator` passed in, so the same generator state gives the same views on the same
 device. Loops run over views, ops and the distinct image shapes of a batch (one for a dataset of one size), never
@@ -26,9 +27,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from data_processing.fast_views import IMAGENET_MEAN, IMAGENET_STD
 from data_processing.gpu_randaugment import BatchRandAugment, gray
-from data_processing.transforms import CropSetting
+from data_processing.view_plan import ViewPlan
 
 RATIO = (3 / 4, 4 / 3)
 BLUR_SIGMA = (0.1, 2.0)
@@ -161,41 +161,22 @@ def random_flip(x: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torch.Te
 
 
 class BatchViews:
-    """[key, weak_a for a in pick_weak, strong_b for b in pick_strong] for a batch of decoded images.
+    """[key, weak..., strong...] for a batch of decoded images, as `plan` lays them out (same views as
+    `MultiViewTransform`'s, built batched)."""
 
-    Same arguments and view order as `MultiViewTransform` (the key uses crop setting 0; picks sorted, de-duplicated).
-    """
-
-    def __init__(self, crops: Sequence[CropSetting], pick_weak: Sequence[int], pick_strong: Sequence[int],
-                 aug_times: int) -> None:
-        self.crops = list(crops)
-        self.pick_weak = sorted(set(pick_weak))
-        self.pick_strong = sorted(set(pick_strong))
-        self.randaugment = BatchRandAugment(aug_times, 10)
-        settings = [self.crops[0]] + [self.crops[i] for i in self.pick_weak + self.pick_strong]
-        self.plan = [(c, k > len(self.pick_weak)) for k, c in enumerate(settings)]  # (crop, strong?)
+    def __init__(self, plan: ViewPlan) -> None:
+        self.plan = plan
+        self.randaugment = BatchRandAugment(plan.aug_times, 10)
         self._mean_std: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # per device, built once
-
-    @property
-    def num_weak(self) -> int:
-        return len(self.pick_weak)
-
-    @property
-    def num_strong(self) -> int:
-        return len(self.pick_strong)
-
-    def sizes(self) -> list[int]:
-        """Output size of every view, in order."""
-        return [c.size for c, _ in self.plan]
 
     def __call__(self, images: Sequence[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
         batch = ImageBatch(images)
         if batch.device not in self._mean_std:
             self._mean_std[batch.device] = tuple(torch.tensor(v, device=batch.device)[None, :, None, None]
-                                                 for v in (IMAGENET_MEAN, IMAGENET_STD))
+                                                 for v in (self.plan.mean, self.plan.std))
         mean, std = self._mean_std[batch.device]
         out = []
-        for crop, strong in self.plan:
+        for crop, strong in self.plan.view_crops():
             x = batch.crop(crop_boxes(batch.hw, crop.scale, generator), crop.size)
             x = random_flip(gaussian_blur(random_grayscale(color_jitter(x, generator), generator), generator),
                             generator)

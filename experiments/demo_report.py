@@ -7,7 +7,8 @@ import os
 import numpy as np
 
 from data_processing.datasets import FashionMNIST
-from data_processing.transforms import MultiViewTransform, expand_crops
+from data_processing.transforms import MultiViewTransform
+from data_processing.view_plan import ViewPlan, expand_crops
 from experiments.plots import plot_curves, plot_views, read_scalars
 from experiments.recipe import Recipe
 
@@ -25,9 +26,9 @@ def view_grid(folder: str, recipe: Recipe, path: str, seed: int = 0, rows: int =
     torch.manual_seed(seed)
     data = FashionMNIST(folder, "train")
     c = recipe.crops
-    transform = MultiViewTransform(expand_crops(c["nmb_crops"], c["size_crops"], c["min_scale_crops"],
+    transform = MultiViewTransform(ViewPlan.build(expand_crops(c["nmb_crops"], c["size_crops"], c["min_scale_crops"],
                                                 c["max_scale_crops"]), c["pick_weak"], c["pick_strong"],
-                                   recipe.aug_times)
+                                   recipe.aug_times))
     picks, seen = [], set()
     for i, y in enumerate(data.targets):
         if int(y) not in seen:

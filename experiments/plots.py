@@ -19,7 +19,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tensorboardX.proto.event_pb2 import Event  # noqa: E402
 
-from data_processing.transforms import IMAGENET_MEAN, IMAGENET_STD, MultiViewTransform  # noqa: E402
+from data_processing.transforms import MultiViewTransform  # noqa: E402
+from data_processing.view_plan import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
 def read_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
@@ -86,9 +87,9 @@ def plot_views(images: list, transform: MultiViewTransform, path: str, names: li
                repeats: int = 2) -> str:
     """PNG grid: one row per image: the original, then `repeats` draws of [key, weak..., strong...] views."""
     columns = ["original"]
-    n_weak, n_strong = transform.num_weak, transform.num_strong
-    kinds = ["key"] + [f"weak {s}px" for s in transform.sizes()[1:1 + n_weak]] + \
-        [f"strong {s}px" for s in transform.sizes()[1 + n_weak:1 + n_weak + n_strong]]
+    n_weak, n_strong = transform.plan.num_weak, transform.plan.num_strong
+    kinds = ["key"] + [f"weak {s}px" for s in transform.plan.sizes()[1:1 + n_weak]] + \
+        [f"strong {s}px" for s in transform.plan.sizes()[1 + n_weak:1 + n_weak + n_strong]]
     columns += [k for _ in range(repeats) for k in kinds]
     fig, axes = plt.subplots(len(images), len(columns), figsize=(1.25 * len(columns), 1.35 * len(images)),
                              squeeze=False)

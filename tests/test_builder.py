@@ -91,13 +91,21 @@ def test_shuffle_bn_round_trip_and_global_rank_labels():
     assert results[1]["wrong_acc1"] < 100.0  # the 2021 local-index offset points at rank 0's keys
 
 
-def test_sym_forward_returns_second_keys():
+def test_sym_forward_is_both_passes_and_returns_the_second_keys():
+    """--sym 1: loss = L(weak | f_k(key)) + L(weak[1:] + f_q(key) | f_k(weak 0)); the keys to enqueue are the
+    second ones. Dropping the second pass, or returning f_k(key), fails here."""
     model = tiny_model(sym=True)
     torch.manual_seed(3)
     key, weak = torch.randn(4, 3, 32, 32), [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 16, 16)]
-    out = model(key, weak, [torch.randn(4, 3, 16, 16)])
-    assert out.keys2 is not None and out.keys2.shape == (4, 16)
-    assert out.key_query is not None and out.key_query.requires_grad
-    assert len(out.weak) == 2 and len(out.strong) == 1
-    assert not torch.allclose(out.keys, out.keys2)
-
+    strong = [torch.randn(4, 3, 16, 16)]
+    loss, stats, keys = model(key, weak, strong)
+    assert stats["n_infonce"] == 4 and stats["n_ddm"] == 4
+    with torch.no_grad():  # train-mode BN: the same inputs give the same embeddings again
+        k1, k2 = model.encode_keys(key), model.encode_keys(weak[0])
+        q, s, kq = [model.encode_query(v) for v in weak], [model.encode_query(v) for v in strong], \
+            model.encode_query(key)
+        ref = (clsa_loss(q, s, k1, model.queue, 0, 0.2, 0.2, 1.0)[0]
+               + clsa_loss(q[1:] + [kq], s, k2, model.queue, 0, 0.2, 0.2, 1.0)[0])
+    torch.testing.assert_close(keys, k2)
+    assert not torch.allclose(keys, k1)
+    assert loss.requires_grad and loss.item() == pytest.approx(ref.item(), rel=1e-5)

@@ -23,7 +23,8 @@ from benchmarks.photos import decode, photo_bytes
 from data_processing import fast_ops
 from data_processing import fast_views as fv
 from data_processing import randaugment as ra
-from data_processing.transforms import MultiViewTransform, expand_crops
+from data_processing.transforms import MultiViewTransform
+from data_processing.view_plan import IMAGENET_MEAN, IMAGENET_STD, ViewPlan, expand_crops
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +169,7 @@ def test_jitter_factors_order_and_blur_sigma_match_reference(recorded):
 def _view_stats(v: torch.Tensor) -> list[float]:
     """Per view: channel means and stds, mean |horizontal gradient| (blur-sensitive), gray or not."""
     grad = (v[:, :, 1:] - v[:, :, :-1]).abs().mean().item()
-    x = v * torch.tensor(fv.IMAGENET_STD)[:, None, None] + torch.tensor(fv.IMAGENET_MEAN)[:, None, None]
+    x = v * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
     is_gray = float(torch.allclose(x[0], x[1], atol=1e-6) and torch.allclose(x[1], x[2], atol=1e-6))
     return [*v.mean((1, 2)).tolist(), *v.std((1, 2)).tolist(), grad, is_gray]
 
@@ -177,7 +178,7 @@ def _view_stats(v: torch.Tensor) -> list[float]:
 def single_crop_views(photos):
     """The README single-crop views (key 224, weak 224, strong 96) from both pipelines on the same photos."""
     crops = expand_crops([1, 1], [224, 96], [0.2, 0.086], [1.0, 0.429])
-    fast = MultiViewTransform(crops, [0], [1], 5)
+    fast = MultiViewTransform(ViewPlan.build(crops, [0], [1], 5))
     reference = ref.ReferenceMultiCrop([224, 96], [1, 1], [0.2, 0.086], [1.0, 0.429], 5)
     random.seed(2)
     np.random.seed(2)

@@ -17,6 +17,7 @@ from benchmarks.photos import decode, photo_bytes
 from data_processing import fast_ops
 from data_processing import fast_views as fv
 from data_processing.randaugment import RandAugment
+from data_processing.view_plan import IMAGENET_MEAN, IMAGENET_STD
 
 needs_numba = pytest.mark.skipif(not fast_ops.HAVE_NUMBA, reason="numba not installed: fast_ops calls PIL itself")
 
@@ -81,7 +82,7 @@ def test_box_radius_covers_the_blur_range():
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_normalized_tensor_matches_totensor_normalize(photos, flip):
-    norm = T.Compose([T.ToTensor(), T.Normalize(fv.IMAGENET_MEAN, fv.IMAGENET_STD)])
+    norm = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     step = fv.ToNormalizedTensor()
     for a in photos[:4]:
         got = step(a[:, ::-1] if flip else a)
@@ -124,7 +125,7 @@ def _replay(view: fv.View, img: Image.Image, seed: int) -> torch.Tensor:
     if RandAugment in steps:
         for op, v in steps[RandAugment].draw():
             img = op(img, v)
-    return T.Normalize(fv.IMAGENET_MEAN, fv.IMAGENET_STD)(T.ToTensor()(img))
+    return T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(img))
 
 
 @pytest.mark.parametrize("kind", ["weak224", "weak96", "strong224", "strong96"])

@@ -23,8 +23,8 @@ from benchmarks.photos import decode, photo_bytes
 from data_processing import gpu_randaugment as gra
 from data_processing import gpu_views as gv
 from data_processing import randaugment as ra
-from data_processing.fast_views import IMAGENET_MEAN, IMAGENET_STD
-from data_processing.transforms import MultiViewTransform, expand_crops
+from data_processing.transforms import MultiViewTransform
+from data_processing.view_plan import IMAGENET_MEAN, IMAGENET_STD, ViewPlan, expand_crops
 
 CROPS = expand_crops([1, 1], [32, 16], [0.2, 0.086], [1.0, 0.429])
 
@@ -43,11 +43,11 @@ def photos() -> list[Image.Image]:
 
 
 def test_shapes_dtypes_and_normalisation(photos):
-    views = gv.BatchViews(CROPS, [0, 1], [1], 2)
+    views = gv.BatchViews(ViewPlan.build(CROPS, [0, 1], [1], 2))
     images = [to_tensor(p) for p in photos[:3]] + [torch.full((1, 20, 30), 128, dtype=torch.uint8)]
     out = views(images, gen())
     assert [tuple(o.shape) for o in out] == [(4, 3, 32, 32), (4, 3, 32, 32), (4, 3, 16, 16), (4, 3, 16, 16)]
-    assert views.sizes() == [32, 32, 16, 16]
+    assert views.plan.sizes() == [32, 32, 16, 16]
     assert all(o.dtype == torch.float32 and torch.isfinite(o).all() for o in out)
     # a crop of a uniform image is that colour, normalised like ToTensor + Normalize
     flat = gv.ImageBatch([torch.full((3, 20, 30), 51, dtype=torch.uint8)]).crop(torch.tensor([[2., 3., 10., 12.]]), 8)
@@ -56,7 +56,7 @@ def test_shapes_dtypes_and_normalisation(photos):
 
 
 def test_same_generator_state_gives_the_same_views(photos):
-    views = gv.BatchViews(CROPS, [0], [1], 5)
+    views = gv.BatchViews(ViewPlan.build(CROPS, [0], [1], 5))
     images = [to_tensor(p) for p in photos[:4]]
     a, b, c = views(images, gen(3)), views(images, gen(3)), views(images, gen(4))
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
@@ -179,12 +179,13 @@ def test_views_match_the_cpu_pipeline_in_distribution(photos):
     """Key, weak and strong views: channel means, spreads and gradient energy against MultiViewTransform's.
     Dropping the blur (gradient energy), the grayscale (colourfulness) or RandAugment (strong views) fails here."""
     reps = 60
-    cpu_views = MultiViewTransform(CROPS, [0], [1], 5)
+    cpu_views = MultiViewTransform(ViewPlan.build(CROPS, [0], [1], 5))
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
     cpu = [cpu_views(p) for _ in range(reps) for p in photos]
-    ours = gv.BatchViews(CROPS, [0], [1], 5)([to_tensor(p) for _ in range(reps) for p in photos], gen(11))
+    images = [to_tensor(p) for _ in range(reps) for p in photos]
+    ours = gv.BatchViews(ViewPlan.build(CROPS, [0], [1], 5))(images, gen(11))
     for k, kind in enumerate(("key", "weak", "strong")):
         a, b = _statistics(ours[k]), _statistics(torch.stack([v[k] for v in cpu]))
         for stat in a:
@@ -213,7 +214,7 @@ def test_device_views_decode_mixed_files_and_replace_unreadable(photos, tmp_path
     open(paths["bad.jpg"], "wb").write(good[: len(good) // 2])
     names = ["bad.jpg", "a.jpg", "b.png", "c.jpg"]
     batch = ([read_file_bytes(paths[n]) for n in names], names)
-    make = DeviceViews(gv.BatchViews(CROPS, [0], [1], 2), torch.device("cpu"), seed=1, rank=0)
+    make = DeviceViews(gv.BatchViews(ViewPlan.build(CROPS, [0], [1], 2)), torch.device("cpu"), seed=1, rank=0)
     views, bad = make(batch, 0, 0)
     assert bad == ["bad.jpg"] and [tuple(v.shape) for v in views] == [(4, 3, 32, 32), (4, 3, 32, 32), (4, 3, 16, 16)]
     again, _ = make(batch, 0, 0)

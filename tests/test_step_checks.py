@@ -1,4 +1,4 @@
-"""The step without host synchronisation: the guarded update (clsa.step.guarded_step and the queue's only_if),
+"""The step without host synchronisation: the guarded update (clsa.step_checks.guarded_step and the queue's only_if),
 StepFlags' one-iteration lag and DeviceMeans (clsa/step_checks.py).
 
 Mutations these catch (each tried): dropping the restore of the momentum buffers in guarded_step (momentum test),
@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from clsa.builder import CLSA
-from clsa.step import guarded_step
-from clsa.step_checks import DeviceMeans, StepFlags
+from clsa.step_checks import DeviceMeans, StepFlags, guarded_step
 
 
 def _net_and_opt(steps: int) -> tuple[torch.nn.Module, torch.optim.SGD]:

@@ -4,7 +4,8 @@ by a veth pair (tests/netns_support.py), so gloo talks over that link only, as b
 One module-scoped run set is shared by the assertions (the 4-process reference on one node, the 2021-style command,
 the same preempted on node 1 and resumed, torchrun --nnodes 2, lincls.py on one and two nodes). Equality with the
 reference is exact: gloo reduces in the same order for the same world size and ranks whatever the transport, and
-CLSA_TRACE_DIR (clsa/trace.py) records what every process computed.
+CLSA_TRACE_DIR with tests/trace_hooks on PYTHONPATH (its sitecustomize.py wraps library functions in every process)
+records what every process computed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ N = 2  # images per process: --batch_size 8 on one node of 4 processes, --batch_
 LINCLS = ["lincls.py", "-a", "resnet18", "-j", "0", "--train-crop", "32", "--val-resize", "32", "--val-crop", "32",
           "-p", "1", "--lr", "0.1", "--epochs", "1", "--seed", "3"]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+TRACE_HOOKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trace_hooks")
 LOST = "error: lost contact with a peer process"
 _ports = itertools.count(29610)
 
@@ -94,10 +96,10 @@ def runs(nodes, data, tmp_path_factory):
     common = ["--data", data, *SMALL, "--epochs", "1"]
 
     def env(name: str) -> dict:
-        return dict(ENV, CLSA_TRACE_DIR=os.path.join(root, name))
+        return dict(ENV, **trace_env(name))
 
     def trace_env(name: str) -> dict:  # for run_script, which adds os.environ itself
-        return {"CLSA_TRACE_DIR": os.path.join(root, name)}
+        return {"CLSA_TRACE_DIR": os.path.join(root, name), "PYTHONPATH": TRACE_HOOKS}
 
     # Reference: one node, 4 processes, the same seed and data.
     ref = run_script(["main_clsa.py", *common, "--batch_size", "8", "--cpu_procs", "4", "--run_dir",

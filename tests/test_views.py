@@ -9,7 +9,8 @@ from conftest import readme_command
 from PIL import Image
 
 from data_processing import randaugment as ra
-from data_processing.transforms import MultiViewTransform, expand_crops
+from data_processing.transforms import MultiViewTransform
+from data_processing.view_plan import ViewPlan, expand_crops
 from ops.argparser import parse_args
 
 
@@ -22,7 +23,7 @@ def photo() -> Image.Image:
 def _transform(argv):
     a = parse_args(argv)
     crops = expand_crops(a.nmb_crops, a.size_crops, a.min_scale_crops, a.max_scale_crops)
-    return MultiViewTransform(crops, a.pick_weak, a.pick_strong, a.aug_times)
+    return MultiViewTransform(ViewPlan.build(crops, a.pick_weak, a.pick_strong, a.aug_times))
 
 
 @pytest.mark.parametrize("kind,expected", [
@@ -31,12 +32,12 @@ def _transform(argv):
 ])
 def test_readme_view_lists(kind, expected, photo):
     t = _transform(readme_command(kind, 0, "/data"))
-    assert t.sizes() == expected
+    assert t.plan.sizes() == expected
     views = t(photo)
     assert [tuple(v.shape) for v in views] == [(3, s, s) for s in expected]
     assert all(v.dtype == torch.float32 for v in views)
     n_weak = (len(expected) - 1) // 2
-    assert t.num_weak == n_weak and t.num_strong == n_weak
+    assert t.plan.num_weak == n_weak and t.plan.num_strong == n_weak
     # the key view uses the first crop setting; strong views carry RandAugment, weak ones do not
     assert t.key.transforms[0].size == (224, 224) and t.key.transforms[0].scale == (0.2, 1.0)
     assert not any(isinstance(s, ra.RandAugment) for s in t.weak[0].transforms)
@@ -48,8 +49,8 @@ def test_picks_are_a_sorted_set_and_nmb_crops_expand():
                     "--max_scale_crops", "1", "0.5", "--pick_weak", "2", "0", "0", "--pick_strong", "1"])
     crops = expand_crops(a.nmb_crops, a.size_crops, a.min_scale_crops, a.max_scale_crops)
     assert [c.size for c in crops] == [32, 32, 16]
-    t = MultiViewTransform(crops, a.pick_weak, a.pick_strong, a.aug_times)
-    assert t.sizes() == [32, 32, 16, 32]
+    t = MultiViewTransform(ViewPlan.build(crops, a.pick_weak, a.pick_strong, a.aug_times))
+    assert t.plan.sizes() == [32, 32, 16, 32]
 
 
 def test_weak_and_strong_views_are_independent_crops(photo):
@@ -114,9 +115,9 @@ def test_aug_times_0_strong_view_is_exactly_the_weak_pipeline(backend, photo):
         random.seed(0), np.random.seed(0), torch.manual_seed(0)
         if backend == "batch":
             image = torch.from_numpy(np.array(photo)).permute(2, 0, 1).contiguous()
-            return BatchViews(crops, pick_weak, pick_strong, aug_times)([image, image.flip(-1)],
+            return BatchViews(ViewPlan.build(crops, pick_weak, pick_strong, aug_times))([image, image.flip(-1)],
                                                                         torch.Generator().manual_seed(0))
-        t = MultiViewTransform(crops, pick_weak, pick_strong, aug_times, backend=backend)
+        t = MultiViewTransform(ViewPlan.build(crops, pick_weak, pick_strong, aug_times), backend=backend)
         return [v for _ in range(3) for v in t(photo)]  # 3 images: the RNG stream after the views matters too
 
     as_weak, as_strong = views([0, 1], [], 0), views([0], [1], 0)
