@@ -39,7 +39,7 @@ def init_head(head: nn.Linear) -> nn.Linear:
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Exactly the two tensors of fc (asserted, as in the 2021 code)."""
+    """Exactly the two tensors of fc (asserted)."""
     params = [p for p in unwrap(model).parameters() if p.requires_grad]
     if len(params) != 2:
         raise RuntimeError(f"linear evaluation must train fc.weight and fc.bias only, found {len(params)} tensors")
@@ -60,7 +60,7 @@ def backbone_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def changed_backbone_tensors(model: nn.Module, reference: dict[str, torch.Tensor]) -> list[str]:
-    """Names of backbone tensors that differ from `reference` (the 2021 sanity_check, which was never called)."""
+    """Names of backbone tensors that differ from `reference` (a sanity check that the probe froze the backbone)."""
     state = unwrap(model).state_dict()
     return [k for k, v in reference.items() if not torch.equal(state[k].detach().cpu(), v)]
 

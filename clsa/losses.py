@@ -1,6 +1,6 @@
 """CLSA losses as pure functions: no models, no processes.
 
-Notation (paper / decisions.md): q_a are the L2-normalised weak queries, s_b the strong ones, k the keys of the
+Notation (the paper's): q_a are the L2-normalised weak queries, s_b the strong ones, k the keys of the
 global batch (N_g x d, rows in global-rank order), Q the queue (d x K). Candidates c(x) = [x k^T, x Q].
 
     InfoNCE_a = CE(c(q_a) / T, offset + i)
@@ -8,7 +8,7 @@ global batch (N_g x d, rows in global-rank order), Q the queue (d x K). Candidat
     DDM_ab    = -mean_i sum_j p_a[i, j] log_softmax(c(s_b) / T2)[i, j]
     L         = sum_a InfoNCE_a + alpha * sum_a sum_b DDM_ab
 
-Terms are summed over views and pairs (as the 2021 code does). Everything is computed in float32 with log_softmax.
+Terms are summed over views and pairs. Everything is computed in float32 with log_softmax.
 
 `clsa_loss` is the objective above; `strong_infonce_loss` is the ablation that uses each strong view as one more
 InfoNCE query instead: L = sum_a InfoNCE(q_a) + alpha sum_b InfoNCE(s_b). `Objective` holds T, T2, alpha and the

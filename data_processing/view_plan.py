@@ -5,7 +5,7 @@
     key, weak, strong = plan.split(views)
 
 The key view uses crop setting 0. Picks index the flattened crop list and are a sorted set (duplicates count once,
-as in the 2021 code). With `strong=False` (alpha 0: MoCo v2) no strong view is planned at all. The view builders
+as the original code's sets did). With `strong=False` (alpha 0: MoCo v2) no strong view is planned at all. The view builders
 (`transforms.MultiViewTransform`, `gpu_views.BatchViews`) and the model (`clsa.builder.CLSA`, through `num_weak`)
 read the layout from here; nothing else computes it.
 """

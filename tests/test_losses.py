@@ -44,7 +44,7 @@ def test_infonce_and_ddm_by_hand():
 
 
 def _reference(weak, strong, keys, queue, offset, T, T2, alpha):
-    """Straightforward per-pair loop of decisions.md's formula."""
+    """Straightforward per-pair loop of the formula in clsa/losses.py's docstring."""
     labels = torch.arange(weak[0].shape[0]) + offset
     total_info = sum(infonce(candidate_logits(q, keys, queue), labels, T) for q in weak)
     total_ddm = sum(ddm(candidate_logits(q, keys, queue), candidate_logits(s, keys, queue), T2)
