@@ -4,9 +4,9 @@
     views = [key, weak_a for a in plan.pick_weak, strong_b for b in plan.pick_strong]     # plan.sizes()
     key, weak, strong = plan.split(views)
 
-The key view uses crop setting 0. Picks index the flattened crop list and are a sorted set (duplicates count once,
-as the original code's sets did). With `strong=False` (alpha 0: MoCo v2) no strong view is planned at all. The view builders
-(`transforms.MultiViewTransform`, `gpu_views.BatchViews`) and the model (`clsa.builder.CLSA`, through `num_weak`)
+The key view uses crop setting 0. Picks index the flattened crop list and are a sorted set (duplicates count
+once). With `strong=False` (alpha 0: MoCo v2) no strong view is planned at all. The view builders
+(`transforms.MultiViewTransform`, `gpu_views.BatchViews`) and the training loop (`clsa.engine`, through `split`)
 read the layout from here; nothing else computes it.
 """
 
