@@ -47,16 +47,16 @@ def choose_subset(args: argparse.Namespace, train_set: Dataset, classes: list[st
     """The labelled training images of --train-subset, --label-fraction or (neither) the whole split; a class
     without images in the split, or left without images by the subset, is refused."""
     split = "the FashionMNIST train split" if args.dataset.lower() == "fashionmnist" else \
-        f"{os.path.join(args.data, 'train')!r}"
+        repr(os.path.join(args.data, "train"))
     try:
         check_every_class(class_counts(sample_targets(train_set), len(classes)), classes, split)
     except SubsetError as err:
         raise UsageError(f"--data {args.data!r}: {err}") from None
     try:
-        return label_subset(train_set, classes, args.train_subset, args.label_fraction, args.subset_seed)
+        return label_subset(train_set, classes, args.train_subset, args.label_fraction, args.subset_seed, split)
     except SubsetError as err:
         flag = f"--train-subset {args.train_subset!r}" if args.train_subset else "--label-fraction"
-        raise UsageError(f"{flag}: {err} ({split})") from None
+        raise UsageError(f"{flag}: {err}") from None
 
 
 def same_subset(subset: LabelSubset, args: argparse.Namespace) -> Callable[[dict], None]:

@@ -88,7 +88,9 @@ def train_classifier_epoch(model: nn.Module, loader: Iterable, optimizer: torch.
     probe): the model stays in eval mode, so BN running statistics stay those of the pretrained encoder; True
     (fine-tuning): train mode, BN normalises with batch statistics and updates its running ones.
 
-    Batches are (images, target) or RobustViews' (images, target, skipped names). Returns the local means,
+    Batches are (images, target) or RobustViews' (images, target, skipped names). In train mode a batch of one
+    image is left out (BN cannot normalise a 1 x 1 map of one sample; every rank's last batch has the same size, so
+    all of them leave it out together). Returns the local means,
     `stopped_at` (the batch to continue from when a stop signal ended the epoch early, every process agreeing on
     it; None when the epoch ran to its end) and `skipped` (unreadable files replaced by other images)."""
     criterion = nn.CrossEntropyLoss()
@@ -101,6 +103,8 @@ def train_classifier_epoch(model: nn.Module, loader: Iterable, optimizer: torch.
         images, target = batch[0], batch[1]
         if len(batch) > 2:
             skipped += [s for s in batch[2] if s]
+        if train_backbone and images.shape[0] < 2:
+            continue
         meters["Data"].update(time.time() - end)
         images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
         output = model(images)

@@ -87,7 +87,7 @@ def _quote(names: list[str]) -> str:
     return ", ".join(names[:SHOW]) + (", ..." if len(names) > SHOW else "")
 
 
-def select_listed(names: list[str], wanted: list[str]) -> list[int]:
+def select_listed(names: list[str], wanted: list[str], where: str = "the split") -> list[int]:
     """Sorted indices of `names` (sample names of a split) that the list `wanted` names.
 
     A wanted name with a '/' must equal a sample name; one without must equal exactly one sample's file name.
@@ -110,7 +110,7 @@ def select_listed(names: list[str], wanted: list[str]) -> list[int]:
         else:
             chosen.append(hit[0])
     if missing:
-        raise SubsetError(f"{len(missing)} of its {len(wanted)} images are not in the split (first: "
+        raise SubsetError(f"{len(missing)} of its {len(wanted)} images are not in {where} (first: "
                           f"{_quote(missing)})")
     if ambiguous:
         raise SubsetError(f"{len(ambiguous)} names match files in several class folders (first: "
@@ -144,19 +144,18 @@ def balanced_draw(targets: np.ndarray, num_classes: int, fraction: float, seed: 
 
 
 def label_subset(dataset: Dataset, classes: list[str], list_file: str = "", fraction: float | None = None,
-                 seed: int = 0) -> LabelSubset:
-    """The labelled part of `dataset`: the images of `list_file`, a balanced `fraction` drawn with `seed`, or all.
-
-    Every class must keep at least one image (SubsetError naming the empty ones otherwise)."""
+                 seed: int = 0, where: str = "the split") -> LabelSubset:
+    """The labelled part of `dataset` (named `where` in messages): the images of `list_file`, a balanced `fraction`
+    drawn with `seed`, or all. Every class must keep at least one image (SubsetError naming the empty ones)."""
     names, targets = sample_names(dataset), sample_targets(dataset)
-    check_every_class(class_counts(targets, len(classes)), classes, "the split")
+    check_every_class(class_counts(targets, len(classes)), classes, where)
     if list_file and fraction is not None:
         raise SubsetError("pass a list file or a fraction, not both")
     if list_file:
         wanted = read_name_list(list_file)
         with open(list_file, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
-        indices = select_listed(names, wanted)
+        indices = select_listed(names, wanted, where)
         kind, source = "list", {"file": os.path.abspath(list_file), "file_sha256": digest}
     elif fraction is not None:
         indices = balanced_draw(targets, len(classes), fraction, seed)
