@@ -59,14 +59,16 @@ def choose_subset(args: argparse.Namespace, train_set: Dataset, classes: list[st
         raise UsageError(f"{flag}: {err}") from None
 
 
-def same_subset(subset: LabelSubset, args: argparse.Namespace) -> Callable[[dict], None]:
-    """A --resume check: the checkpoint was trained on exactly these labelled images."""
+def resume_check(subset: LabelSubset, args: argparse.Namespace, started: dict) -> Callable[[dict], None]:
+    """A --resume check: the checkpoint was trained on exactly these labelled images. Keeps the flags the run was
+    started with in `started` (its encoder: a resumed command need not repeat --pretrained)."""
     def check(ckpt: dict) -> None:
         saved = (ckpt.get("subset") or {}).get("names_sha256")
         if saved != subset.names_sha256:
             raise UsageError(f"--resume {args.resume!r} was trained on another labelled subset "
                              f"({(ckpt.get('subset') or {}).get('images', '?')} images, this run: "
                              f"{len(subset.indices)}); pass the subset flags it was started with")
+        started.update(ckpt.get("args") or {})
     return check
 
 
@@ -83,8 +85,9 @@ def finetune_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogge
     model.to(ctx.device)
     optimizer = torch.optim.SGD(model.parameters(), lr, momentum=args.momentum, nesterov=bool(args.nesterov),
                                 weight_decay=args.weight_decay)
-    pos = resume(model, optimizer, args, logger, "finetune", same_subset(subset, args)) if args.resume else \
-        {"start_epoch": args.start_epoch}
+    started = {"pretrained": args.pretrained}
+    pos = resume(model, optimizer, args, logger, "finetune", resume_check(subset, args, started)) if args.resume \
+        else {"start_epoch": args.start_epoch}
 
     record = {**subset.record(), "names_file": SUBSET_FILE}
     if ctx.is_main:
@@ -103,7 +106,8 @@ def finetune_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogge
     def lr_at(epoch: int) -> float:
         return linear_lr(lr, args.final_lr, epoch, epochs, args.cos, args.schedule)
 
-    result = {"pretrained": args.pretrained or None, "init": "random" if not args.pretrained else "pretrained",
+    pretrained = started.get("pretrained") or None
+    result = {"pretrained": pretrained, "init": "pretrained" if pretrained else "random",
               "epochs": epochs, "lr": lr, "base_lr": args.lr, "lr_scaling": args.lr_scaling,
               "global_batch": global_batch, "train_images": len(subset.indices), "subset": record,
               "args": vars(args).copy()}

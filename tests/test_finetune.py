@@ -142,8 +142,8 @@ def test_resume_after_sigterm_ends_like_an_uninterrupted_run(data, tmp_path):
     a, b = (load(os.path.join(f, "checkpoint_last.pth.tar"))["state_dict"] for f in folders)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
-    top1 = [json.load(open(os.path.join(f, "finetune.json")))["top1"] for f in folders]
-    assert top1[0] == top1[1]
+    results = [json.load(open(os.path.join(f, "finetune.json"))) for f in folders]
+    assert results[0]["top1"] == results[1]["top1"] and results[1]["init"] == "random"
 
 
 def write_list(tmp_path, lines: list[str]) -> str:
