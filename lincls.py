@@ -7,25 +7,27 @@
 
 The backbone is frozen in eval mode; only the new fc is trained (SGD over exactly fc.weight and fc.bias).
 Validation is exact under DDP: every rank takes the images `rank::world` and the correct counts are summed.
+The run (epochs, checkpoints, stop signals) is clsa/classifier_run.py, shared with finetune.py, which also uses the
+flag-level helpers here (run directory, weights, --resume, the training part of a worker).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
-import time
+from collections.abc import Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.nn import Module
+from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from clsa.builder import backbone
-from clsa.checkpoint import best_acc_value, is_pretraining_state, prefixed_state_dict, restore_run_state, save_run_state
+from clsa.checkpoint import best_acc_value, is_pretraining_state, restore_run_state
+from clsa.classifier_run import ClassifierRun, fit, train_loader, val_loader
 from clsa.distributed import broadcast_object, wrap_ddp
-from clsa.engine import set_learning_rate
-from clsa.evaluation import eval_transform, shard_indices
+from clsa.evaluation import eval_transform
 from clsa.faults import StopRequest
 from clsa.knn import KNNMonitor
 from clsa.linear import (
@@ -33,28 +35,27 @@ from clsa.linear import (
     changed_backbone_tensors,
     linear_lr,
     linear_model,
-    train_linear_epoch,
     trainable_parameters,
     validate,
 )
 from clsa.pretrained import load_encoder_weights
 from data_processing.datasets import build_dataset, labelled_splits
 from data_processing.transforms import normalize
-from ops.environment import seed_everything, seed_worker
+from ops.environment import seed_everything
 from ops.errors import UsageError, exit_usage
 from ops.launch import DistContext, launch
 from ops.lincls_argparser import check_lincls_args, parse_args
 from ops.runlog import RunLogger, format_duration, timestamp, unique_run_dir
 
 PROG = "lincls.py"
+Body = Callable[[DistContext, argparse.Namespace, RunLogger, str], None]
 
 
-def run_dir_for(args: argparse.Namespace) -> str:
-    """<save_path>/<log_path>/{Finetune_log,kNN_log}/<yymmdd-HHMMSS>, or the directory of --resume."""
+def run_dir_for(args: argparse.Namespace, kind: str) -> str:
+    """<save_path>/<log_path>/<kind>/<yymmdd-HHMMSS>, or the directory of --resume."""
     if args.resume:
         return os.path.dirname(os.path.abspath(args.resume))
-    return unique_run_dir(os.path.join(args.save_path, args.log_path, "kNN_log" if args.knn else "Finetune_log",
-                                       timestamp()))
+    return unique_run_dir(os.path.join(args.save_path, args.log_path, kind, timestamp()))
 
 
 def remove_run_dir(run_dir: str) -> None:
@@ -79,57 +80,73 @@ def per_process(args: argparse.Namespace, ctx: DistContext) -> tuple[int, int]:
     if args.batch_size < ctx.local_world_size:
         raise UsageError(f"--batch-size {args.batch_size} is smaller than the {ctx.local_world_size} processes "
                          f"per node")
-    return args.batch_size // ctx.local_world_size, math.ceil(args.workers / ctx.local_world_size)
+    return args.batch_size // ctx.local_world_size, -(-args.workers // ctx.local_world_size)
 
 
-def loader_kwargs(workers: int, ctx: DistContext) -> dict:
-    return {"num_workers": workers, "pin_memory": ctx.device.type == "cuda", "worker_init_fn": seed_worker,
-            "persistent_workers": workers > 0}
+def open_splits(args: argparse.Namespace, with_train: bool, allow_empty: bool = False
+                ) -> tuple[Dataset | None, Dataset, list[str]]:
+    """(train split or None, val split, class names) of --data, with the --train-crop / --val-crop transforms."""
+    train_tf, val_tf = transforms(args)
+    try:
+        val_set = build_dataset(args.dataset, args.data, "val", val_tf, allow_empty=allow_empty)
+        train_set = build_dataset(args.dataset, args.data, "train", train_tf, allow_empty=allow_empty) \
+            if with_train else None
+    except FileNotFoundError as err:  # torchvision: a class folder without images
+        raise UsageError(f"--data {args.data!r}: {str(err).splitlines()[0]}") from None
+    classes = list(val_set.classes)
+    if train_set is not None and list(train_set.classes) != classes:
+        raise UsageError(f"--data {args.data!r}: train/ and val/ have different class folders")
+    return train_set, val_set, classes
 
 
-def class_names(dataset: Dataset) -> list[str]:
-    return list(dataset.classes)
-
-
-def load_weights(model: torch.nn.Module, args: argparse.Namespace, logger: RunLogger) -> None:
+def load_weights(model: Module, args: argparse.Namespace, logger: RunLogger) -> None:
     """--pretrained into the backbone (with fc under -e), or say that the backbone is random."""
+    evaluate = getattr(args, "evaluate", False)
     if not args.pretrained:
         if not args.resume:
             logger.info("=> no --pretrained: the backbone is randomly initialised (a baseline)")
         return
     logger.info(f"=> loading checkpoint '{args.pretrained}'")
-    report = load_encoder_weights(model, args.pretrained, keep_fc=args.evaluate, trust=args.trust_checkpoint)
-    if args.evaluate and not args.resume and not report.fc_loaded:
+    report = load_encoder_weights(model, args.pretrained, keep_fc=evaluate, trust=args.trust_checkpoint)
+    if evaluate and not args.resume and not report.fc_loaded:
         raise UsageError(f"-e: --pretrained {args.pretrained!r} has no linear classifier for these classes; "
                          f"evaluate a lincls.py checkpoint (checkpoint_last.pth.tar or model_best.pth.tar)")
     logger.info(f"=> loaded pre-trained model '{args.pretrained}' ({report.describe()})")
 
 
-def resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, args: argparse.Namespace,
-           logger: RunLogger) -> float:
-    """Load a lincls.py checkpoint; returns its best Acc@1 and sets args.start_epoch."""
-    def check(ckpt: dict) -> None:
+def resume(model: Module, optimizer: torch.optim.Optimizer | None, args: argparse.Namespace, logger: RunLogger,
+           mode: str | None, check: Callable[[dict], None] | None = None) -> dict:
+    """Load a lincls.py / finetune.py checkpoint written in `mode` (None: any; the optimizer is then not loaded)
+    after `check(ckpt)`; returns where to continue (ClassifierRun's start_epoch, start_iter, best_acc1, best_epoch)
+    and sets args.start_epoch."""
+    def checks(ckpt: dict) -> None:
         if is_pretraining_state(ckpt["state_dict"]):
             raise UsageError(f"--resume {args.resume!r} is a pretraining checkpoint; pass it as --pretrained")
+        saved = ckpt.get("mode", "linear")
+        if mode is not None and saved != mode:
+            entry = {"linear": "lincls.py", "finetune": "finetune.py"}.get(saved, saved)
+            raise UsageError(f"--resume {args.resume!r} was written by {entry} ({saved}); continue it there, or "
+                             f"evaluate it with lincls.py -e --resume")
+        if check is not None:
+            check(ckpt)
 
     try:
-        ckpt = restore_run_state(args.resume, model, optimizer, args.trust_checkpoint, check, restore_rng=False)
+        ckpt = restore_run_state(args.resume, model, optimizer if mode else None, args.trust_checkpoint, checks,
+                                 restore_rng=False)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise UsageError(f"--resume {args.resume!r} does not fit --arch {args.arch} and these classes "
                          f"({first})") from None
     args.start_epoch = int(ckpt.get("epoch", 0))
-    logger.info(f"=> loaded checkpoint '{args.resume}' (epoch {args.start_epoch})")
-    return best_acc_value(ckpt)
+    iteration = int(ckpt.get("iteration", 0))
+    logger.info(f"=> loaded checkpoint '{args.resume}' (epoch {args.start_epoch}"
+                + (f", batch {iteration})" if iteration else ")"))
+    best_epoch = ckpt.get("best_epoch")
+    return {"start_epoch": args.start_epoch, "start_iter": iteration, "best_acc1": best_acc_value(ckpt),
+            "best_epoch": best_epoch if isinstance(best_epoch, int) else None}
 
 
-def val_loader(val_set: Dataset, batch: int, workers: int, ctx: DistContext) -> DataLoader:
-    """This rank's shard rank::world of the validation split, in order (no padding, no shuffling)."""
-    shard = Subset(val_set, shard_indices(len(val_set), ctx.rank, ctx.world_size))
-    return DataLoader(shard, batch_size=batch, shuffle=False, **loader_kwargs(workers, ctx))
-
-
-def knn_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogger) -> None:
+def knn_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogger, run_dir: str) -> None:
     """Weighted kNN: bank = train split, queries = val split, features of the frozen backbone."""
     batch, workers = per_process(args, ctx)
     model = backbone(args.arch)
@@ -145,18 +162,17 @@ def knn_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogger) ->
                                    "pretrained": args.pretrained})
 
 
-def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
+def run_worker(ctx: DistContext, args: argparse.Namespace, kind: str, log_name: str, tensorboard: bool,
+               body: Body) -> None:
+    """Seed, make the run directory (rank 0, shared), open the logger and run `body`; a refused fresh run leaves
+    no directory behind."""
     seed_everything(args.seed, ctx.rank, deterministic=args.seed is not None)
-    run_dir = broadcast_object(run_dir_for(args) if ctx.is_main else None)
-    logger = RunLogger(run_dir, ctx.is_main, log_name="knn.log" if args.knn else "train.log",
-                       tensorboard=not (args.knn or args.evaluate))
+    run_dir = broadcast_object(run_dir_for(args, kind) if ctx.is_main else None)
+    logger = RunLogger(run_dir, ctx.is_main, log_name=log_name, tensorboard=tensorboard)
     logger.info(f"run directory: {run_dir}")
     logger.info(f"{ctx.world_size} process(es) on {ctx.device.type}, arch {args.arch}")
     try:
-        if args.knn:
-            knn_worker(ctx, args, logger)
-        else:
-            linear_worker(ctx, args, logger, run_dir)
+        body(ctx, args, logger, run_dir)
     except UsageError:
         logger.close()
         if ctx.is_main and not args.resume:
@@ -166,27 +182,43 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
         logger.close()
 
 
+def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
+    if args.knn:
+        run_worker(ctx, args, "kNN_log", "knn.log", False, knn_worker)
+    else:
+        run_worker(ctx, args, "Finetune_log", "train.log", not args.evaluate, linear_worker)
+
+
+def train_and_validate(ctx: DistContext, args: argparse.Namespace, logger: RunLogger, run_dir: str, model: Module,
+                       optimizer: torch.optim.Optimizer, train_set: Dataset, run: ClassifierRun, batch: int,
+                       workers: int, loader_val: torch.utils.data.DataLoader) -> None:
+    """The training part of lincls.py and finetune.py: DDP, the train loader, args.json, the epochs; exits with
+    the stop code after a stop signal (checkpoint written). With a frozen BN no buffers are broadcast."""
+    stop = StopRequest().install()
+    if ctx.distributed:
+        model = wrap_ddp(model, ctx.device, reproducible=args.seed is not None,
+                         forward_sync_buffers=run.train_backbone)
+    loader_train = train_loader(train_set, batch, workers, ctx, args.seed)
+    logger.write_json("args.json", vars(args))
+    if run.start_epoch >= run.epochs:
+        logger.info(f"nothing to train: --resume {args.resume!r} is at epoch {run.start_epoch}, --epochs is "
+                    f"{run.epochs}; pass a larger --epochs to train further")
+    code = fit(model, optimizer, loader_train, loader_val, run, ctx, logger, run_dir, stop)
+    if code is not None:
+        raise SystemExit(code)
+
+
 def linear_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogger, run_dir: str) -> None:
     batch, workers = per_process(args, ctx)
-    train_tf, val_tf = transforms(args)
-    val_set = build_dataset(args.dataset, args.data, "val", val_tf)
-    classes = class_names(val_set)
-    train_set = None
-    if not args.evaluate:
-        train_set = build_dataset(args.dataset, args.data, "train", train_tf)
-        if class_names(train_set) != classes:
-            raise UsageError(f"--data {args.data!r}: train/ and val/ have different class folders")
-
+    train_set, val_set, classes = open_splits(args, with_train=not args.evaluate)
     model = linear_model(args.arch, len(classes))
     load_weights(model, args, logger)
     model.to(ctx.device)
     optimizer = torch.optim.SGD(trainable_parameters(model), args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    best_acc1 = resume(model, optimizer, args, logger) if args.resume else 0.0
+    pos = resume(model, optimizer, args, logger, None if args.evaluate else "linear") if args.resume else \
+        {"start_epoch": args.start_epoch}
     reference = backbone_snapshot(model)
-    if ctx.distributed:
-        # BN is frozen and identical on every rank: no buffer broadcast
-        model = wrap_ddp(model, ctx.device, reproducible=args.seed is not None, forward_sync_buffers=False)
     loader_val = val_loader(val_set, batch, workers, ctx)
     logger.info(f"{len(classes)} classes, {len(val_set)} val images"
                 + (f", {len(train_set)} train images" if train_set is not None else "")
@@ -198,51 +230,16 @@ def linear_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogger,
                                             "arch": args.arch, "checkpoint": args.resume or args.pretrained})
         return
 
-    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                 seed=args.seed or 0)
-    loader_train = DataLoader(train_set, batch_size=batch, sampler=sampler, **loader_kwargs(workers, ctx))
-    logger.write_json("args.json", vars(args))
-    best_epoch, res = None, {}
-    stop = StopRequest().install()
-    if args.start_epoch >= args.epochs:
-        logger.info(f"nothing to train: --resume {args.resume!r} is at epoch {args.start_epoch}, --epochs is "
-                    f"{args.epochs}; pass a larger --epochs to train further, or -e to only validate")
-    for epoch in range(args.start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        lr = linear_lr(args.lr, args.final_lr, epoch, args.epochs, args.cos, args.schedule)
-        set_learning_rate(optimizer, lr)
-        start = time.time()
-        train = train_linear_epoch(model, loader_train, optimizer, epoch, ctx.device, args.print_freq, logger.info,
-                                   stop)
-        if train["stopped"]:  # preempted: keep the weights, redo this (short) epoch on --resume
-            path = save_linear(model, optimizer, args, run_dir, epoch, best_acc1, False)
-            logger.info(f"{stop.name}: saved {path}; epoch {epoch} restarts with --resume {path}")
-            raise SystemExit(stop.exit_code)
-        res = validate(model, loader_val, ctx.device, args.print_freq, logger.info)
-        is_best = res["top1"] > best_acc1
-        best_acc1 = max(res["top1"], best_acc1)
-        best_epoch = epoch if is_best else best_epoch
-        logger.info(f"epoch {epoch} done in {format_duration(time.time() - start)}: lr {lr:.4g} "
-                    f"train loss {train['loss']:.4f} Acc@1 {res['top1']:.3f} (best {best_acc1:.3f})")
-        logger.scalars({"linear/train_loss": train["loss"], "linear/val_top1": res["top1"],
-                        "linear/val_top5": res["top5"], "linear/lr": lr}, epoch)
-        logger.write_json("linear.json", {"top1": res["top1"], "top5": res["top5"], "epoch": epoch + 1,
-                                          "best_acc1": best_acc1, "best_epoch": best_epoch,
-                                          "images": res["images"], "mode": "linear", "arch": args.arch,
-                                          "pretrained": args.pretrained})
-        save_linear(model, optimizer, args, run_dir, epoch + 1, best_acc1, is_best)
+    def lr_at(epoch: int) -> float:
+        return linear_lr(args.lr, args.final_lr, epoch, args.epochs, args.cos, args.schedule)
+
+    run = ClassifierRun("linear", args.arch, args.epochs, lr_at, False, args.print_freq, vars(args).copy(),
+                        result={"pretrained": args.pretrained}, checkpoint={"mode": "linear"}, **pos)
+    train_and_validate(ctx, args, logger, run_dir, model, optimizer, train_set, run, batch, workers, loader_val)
     changed = changed_backbone_tensors(model, reference)
     if changed:
         raise RuntimeError(f"sanity check failed: {len(changed)} backbone tensors changed, e.g. {changed[:3]}")
     logger.info(f"=> sanity check passed: {len(reference)} backbone tensors (weights and BN statistics) unchanged")
-
-
-def save_linear(model, optimizer, args, run_dir: str, epoch: int, best_acc1: float, is_best: bool) -> str:
-    """Rank 0 writes checkpoint_last.pth.tar (epoch = the next epoch to run) and, when `is_best`, model_best.pth.tar.
-    `best_acc1` is stored under main_clsa.py's name, best_acc, and under the 2021 MoCo name other tools read."""
-    state = {"epoch": epoch, "arch": args.arch, "state_dict": prefixed_state_dict(model), "best_acc": best_acc1,
-             "best_acc1": best_acc1, "optimizer": optimizer.state_dict(), "args": vars(args).copy()}
-    return save_run_state(state, run_dir, epoch - 1, is_best)
 
 
 def main(argv: list[str] | None = None) -> None:

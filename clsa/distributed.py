@@ -48,6 +48,15 @@ def broadcast_tensor(x: torch.Tensor, src: int = 0) -> torch.Tensor:
     return x
 
 
+@torch.no_grad()
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
+    """Give every process `src`'s buffers (BN running statistics): after a training step in train mode each rank
+    has updated its own, and an exact validation must run the same model (the one rank 0 saves) everywhere."""
+    if is_dist():
+        for buf in unwrap(model).buffers():
+            dist.broadcast(buf, src=src)
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Send a picklable object from `src` to every process and return it."""
     if not is_dist():

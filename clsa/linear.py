@@ -1,9 +1,11 @@
-"""Linear heads on a frozen backbone (eval mode, BN statistics fixed), trained by SGD with a per-epoch schedule.
+"""Classifier heads trained by SGD with a per-epoch schedule: the linear probe (a new fc on a frozen backbone in
+eval mode, BN statistics fixed) and full fine-tuning (the same new fc, every layer trained, BN in train mode).
 
-`lincls.py` (single-label, cross-entropy) uses all of it: the model, the head initialisation, the per-epoch
-learning rate, one training epoch, and an exact validation in which every image of the validation split is counted
-once, whatever the number of processes. `VOC_CLF/main.py` (multi-label, masked binary cross-entropy) shares the
-head initialisation and the schedule. The L-BFGS logistic probe of `experiments/probe.py` is a different method.
+`lincls.py` and `finetune.py` share all of it through clsa/classifier_run.py: the models, the head initialisation,
+the per-epoch learning rate, one training epoch, and an exact validation in which every image of the validation
+split is counted once, whatever the number of processes. `VOC_CLF/main.py` (multi-label, masked binary
+cross-entropy) shares the head initialisation and the schedule. The L-BFGS logistic probe of `experiments/probe.py`
+is a different method.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ def linear_model(arch: str, num_classes: int) -> nn.Module:
     model = backbone(arch, num_classes)
     for name, p in model.named_parameters():
         p.requires_grad = name in ("fc.weight", "fc.bias")
+    init_head(model.fc)
+    return model
+
+
+def finetune_model(arch: str, num_classes: int) -> nn.Module:
+    """torchvision `arch` with a new fc (initialised as `linear_model`'s) and every parameter trainable."""
+    model = backbone(arch, num_classes)
     init_head(model.fc)
     return model
 
@@ -70,17 +79,31 @@ def _meters(names: tuple[str, ...]) -> dict[str, AverageMeter]:
     return {n: AverageMeter(n, fmts[n]) for n in names}
 
 
-def train_linear_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, epoch: int,
-                       device: torch.device, print_freq: int, log: Callable[[str], None],
-                       stop: StopRequest | None = None) -> dict[str, float]:
-    """One epoch of cross-entropy on fc with the backbone in eval mode. Returns the local means and `stopped`
-    (a stop signal ended the epoch early; every process agrees on it)."""
+def train_classifier_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, epoch: int,
+                           device: torch.device, print_freq: int, log: Callable[[str], None],
+                           stop: StopRequest | None = None, train_backbone: bool = False, start_iter: int = 0
+                           ) -> dict:
+    """One epoch of cross-entropy, from batch `start_iter` (a resumed epoch). `train_backbone` False (linear
+    probe): the model stays in eval mode, so BN running statistics stay those of the pretrained encoder; True
+    (fine-tuning): train mode, BN normalises with batch statistics and updates its running ones.
+
+    Batches are (images, target) or RobustViews' (images, target, skipped names). In train mode a batch of one
+    image is left out (BN cannot normalise a 1 x 1 map of one sample; every rank's last batch has the same size, so
+    all of them leave it out together). Returns the local means,
+    `stopped_at` (the batch to continue from when a stop signal ended the epoch early, every process agreeing on
+    it; None when the epoch ran to its end) and `skipped` (unreadable files replaced by other images)."""
     criterion = nn.CrossEntropyLoss()
     meters = _meters(("Time", "Data", "Loss", "Acc@1", "Acc@5"))
-    model.eval()  # BN running statistics stay those of the pretrained encoder
-    n_iters = len(loader)
+    model.train(train_backbone)
+    n_iters = start_iter + len(loader)
+    stopped_at, skipped = None, []
     end = time.time()
-    for i, (images, target) in enumerate(loader):
+    for i, batch in enumerate(loader, start=start_iter):
+        images, target = batch[0], batch[1]
+        if len(batch) > 2:
+            skipped += [s for s in batch[2] if s]
+        if train_backbone and images.shape[0] < 2:
+            continue
         meters["Data"].update(time.time() - end)
         images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
         output = model(images)
@@ -98,10 +121,11 @@ def train_linear_epoch(model: nn.Module, loader: Iterable, optimizer: torch.opti
         stopped = agree_to_stop(stop.signum is not None, device) if stop else False
         if i % print_freq == 0 or i == n_iters - 1 or stopped:
             log(progress_line(f"Epoch: [{epoch}]", i, n_iters, list(meters.values())))
-        if stopped:
+        if stopped and i < n_iters - 1:  # at the last batch the epoch is complete: the caller stops after it
+            stopped_at = i + 1
             break
     return {"loss": meters["Loss"].avg, "acc1": meters["Acc@1"].avg, "acc5": meters["Acc@5"].avg,
-            "stopped": stopped if n_iters else False}
+            "stopped_at": stopped_at, "skipped": skipped}
 
 
 @torch.no_grad()

@@ -71,17 +71,18 @@ class FashionMNIST(Dataset):
         return img, int(self.targets[i])
 
 
-def build_dataset(name: str, root: str, split: str, transform: Callable | None, loader: Callable | None = None
-                  ) -> Dataset:
+def build_dataset(name: str, root: str, split: str, transform: Callable | None, loader: Callable | None = None,
+                  allow_empty: bool = False) -> Dataset:
     """'FashionMNIST' reads the IDX files in `root`; anything else is ImageFolder(<root>/<split>), its files read
-    by `loader` (default: PIL; --views gpu: the bytes only).
+    by `loader` (default: PIL; --views gpu: the bytes only). `allow_empty`: keep class folders without images (as
+    classes with no samples) instead of torchvision's error, for callers that report them themselves.
 
     `root` is used as given (the entry scripts resolve --data defaults: ops.validate.resolve_fashion_mnist)."""
     if name.lower() == "fashionmnist":
         return FashionMNIST(root, split, transform)
     if loader is not None:
-        return ImageFolder(os.path.join(root, split), transform=transform, loader=loader)
-    return ImageFolder(os.path.join(root, split), transform=transform)
+        return ImageFolder(os.path.join(root, split), transform=transform, loader=loader, allow_empty=allow_empty)
+    return ImageFolder(os.path.join(root, split), transform=transform, allow_empty=allow_empty)
 
 
 def labelled_splits(name: str, root: str, transform: Callable | None) -> tuple[Dataset, Dataset]:

@@ -20,10 +20,16 @@ UNREADABLE = (OSError, UnidentifiedImageError, SyntaxError)  # PIL: truncated, e
 
 
 class EpochSampler(DistributedSampler):
-    """DistributedSampler that yields (epoch, index) and can skip the first `start_batch` batches once."""
+    """DistributedSampler that yields (epoch, index) and can skip the first `start_batch` batches once.
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, batch_size: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    drop_last (pretraining, whose DataLoader also drops a short last batch): the samples that do not fill every
+    rank equally are dropped, and `batches_per_epoch` counts whole batches; without it (classifier training) a few
+    samples are repeated to even out the ranks' shards, and the last batch may be short.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, batch_size: int,
+                 drop_last: bool = True) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=drop_last)
         self.batch_size = batch_size
         self.start_batch = 0
 
@@ -33,10 +39,12 @@ class EpochSampler(DistributedSampler):
         return iter([(self.epoch, i) for i in indices])
 
     def __len__(self) -> int:
-        return self.num_samples - self.start_batch * self.batch_size
+        return max(self.num_samples - self.start_batch * self.batch_size, 0)
 
     def batches_per_epoch(self) -> int:
-        return self.num_samples // self.batch_size
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
