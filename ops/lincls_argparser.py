@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 from ops.argparser import RESNET_ARCHS, add_launch_flags, add_trust_flag
 from ops.errors import UsageError
-from ops.validate import check_arch, check_at_least, check_image_folder, check_resume, resolve_fashion_mnist
+from ops.ranges import check_ranges
+from ops.validate import check_arch, check_image_folder, check_resume, resolve_fashion_mnist
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,14 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_lincls_args(args: argparse.Namespace) -> None:
     """All checks that need no process group; each raises UsageError naming the flag or file."""
+    check_ranges(build_parser(), args)  # every numeric flag, from the one table in ops/ranges.py
     check_arch(args.arch)
-    check_at_least(1, ("--epochs", args.epochs), ("--batch-size", args.batch_size),
-                   ("--print-freq", args.print_freq), ("--cpu-procs", args.cpu_procs),
-                   ("--train-crop", args.train_crop), ("--val-resize", args.val_resize),
-                   ("--val-crop", args.val_crop), ("--knn-k", args.knn_k))
-    check_at_least(0, ("--workers", args.workers), ("--start-epoch", args.start_epoch))
-    if args.lr <= 0 or args.knn_t <= 0:
-        raise UsageError("--lr and --knn-t must be > 0")
     if args.evaluate and args.knn:
         raise UsageError("-e/--evaluate and --knn are two different evaluations; pass one of them")
     if args.evaluate and not (args.resume or args.pretrained):

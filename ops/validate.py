@@ -10,19 +10,13 @@ import argparse
 import os
 import shutil
 
-from ops.argparser import DEFAULT_DATA, RESNET_ARCHS
+from ops.argparser import DEFAULT_DATA, RESNET_ARCHS, build_parser
 from ops.errors import UsageError
+from ops.ranges import check_ranges
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian/Ubuntu package dataset-fashion-mnist
 FASHION_MNIST_FILES = tuple(f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1"))
-
-
-def check_at_least(minimum: int, *flags: tuple[str, float]) -> None:
-    """Refuse the first (flag, value) below `minimum`, naming the flag."""
-    for flag, value in flags:
-        if value < minimum:
-            raise UsageError(f"{flag} must be >= {minimum}, got {value}")
 
 
 def has_fashion_mnist(root: str) -> bool:
@@ -94,16 +88,9 @@ def check_arch(arch: str) -> None:
 
 def check_pretrain_args(args: argparse.Namespace) -> None:
     """All checks of `main_clsa.py` that need no process group."""
+    check_ranges(build_parser(), args)  # every numeric flag, from the one table in ops/ranges.py
     check_arch(args.arch)
     check_views(args)
-    check_at_least(1, ("--epochs", args.epochs), ("--batch_size", args.batch_size), ("--moco_k", args.moco_k),
-                   ("--moco_dim", args.moco_dim), ("--cpu_procs", args.cpu_procs),
-                   ("--print_freq", args.print_freq), ("--knn_freq", args.knn_freq))
-    check_at_least(0, ("--workers", args.workers), ("--warmup_iters", args.warmup_iters))
-    if not 0 <= args.moco_m <= 1:
-        raise UsageError(f"--moco_m must be in [0, 1], got {args.moco_m}")
-    if args.moco_t <= 0 or args.clsa_t <= 0:
-        raise UsageError("--moco_t and --clsa_t must be > 0")
     if args.sym not in (0, 1):
         raise UsageError(f"--sym must be 0 or 1, got {args.sym}")
     check_resume(args.resume)
