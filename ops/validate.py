@@ -12,9 +12,9 @@ import shutil
 
 from ops.argparser import DEFAULT_DATA, RESNET_ARCHS, build_parser
 from ops.errors import UsageError
+from ops.folders import IMG_EXTENSIONS, FolderLoop, class_names, image_files
 from ops.ranges import check_ranges
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian/Ubuntu package dataset-fashion-mnist
 FASHION_MNIST_FILES = tuple(f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1"))
 
@@ -39,17 +39,26 @@ def resolve_fashion_mnist(root: str, image_folder_wins: bool = False) -> str:
     return root
 
 
-def check_image_folder(root: str, flag: str = "--data", split: str = "train") -> str:
-    """Return `<root>/<split>` if it holds class folders with at least one image, else raise."""
+def check_image_folder(root: str, flag: str = "--data", split: str = "train") -> list[str]:
+    """Return the class folders of `<root>/<split>` (sorted) when each holds at least one image and no link leads
+    back into a folder already read (ops.folders); else raise naming the folder."""
     folder = os.path.join(root, split)
     if not os.path.isdir(root):
         raise UsageError(f"{flag} {root!r} does not exist; give a folder holding {split}/<class>/<image files>")
     if not os.path.isdir(folder):
         raise UsageError(f"{flag} {root!r} has no '{split}/' folder; expected {folder}/<class>/<image files>")
-    for _dirpath, _dirs, files in os.walk(folder, followlinks=True):
-        if any(f.lower().endswith(IMG_EXTENSIONS) for f in files):
-            return folder
-    raise UsageError(f"{flag}: no images ({', '.join(IMG_EXTENSIONS)}) under {folder}/<class>/")
+    classes = class_names(folder)
+    if not classes:
+        raise UsageError(f"{flag}: no class folders in {folder}, so no images; expected {folder}/<class>/<image files>")
+    for name in classes:
+        try:
+            files = image_files(os.path.join(folder, name))
+        except FolderLoop as err:
+            raise UsageError(f"{flag}: {err}") from None
+        if not files:
+            raise UsageError(f"{flag}: class folder {os.path.join(folder, name)} holds no images "
+                             f"({', '.join(IMG_EXTENSIONS)}); add its images or remove it")
+    return classes
 
 
 def check_resume(path: str, flag: str = "--resume") -> None:
