@@ -42,7 +42,7 @@ from ops.environment import keep_freed_memory, loader_worker_init, seed_everythi
 from ops.errors import UsageError, exit_usage
 from ops.launch import DistContext, launch
 from ops.runlog import RunLogger, format_duration, timestamp, unique_run_dir
-from ops.validate import check_batch, check_enough_images, check_pretrain_args
+from ops.validate import check_auto_resume, check_batch, check_enough_images, check_pretrain_args
 
 PROG = "main_clsa.py"
 
@@ -200,6 +200,8 @@ def train(model, optimizer, loader, step, args, ctx, logger, run_dir, pos, stop,
             raise SystemExit(stop.exit_code)
         acc1 = _global_mean(summary["acc1"], ctx)
         is_best, best_acc = acc1 > best_acc, max(acc1, best_acc)
+        # saved before anything else at the epoch's end can fail (the kNN monitor reads files): no epoch is lost
+        path = save(model, optimizer, args, run_dir, epoch + 1, 0, best_acc, is_best)
         lr = optimizer.param_groups[0]["lr"]  # the last iteration's
         msg = (f"epoch {epoch} done in {format_duration(summary['seconds'])}: lr {lr:.4g} loss {summary['loss']:.4f} "
                f"(InfoNCE {summary['infonce']:.4f}, {step.config.strong_label} {summary['ddm']:.4f}) Acc@1 {acc1:.2f} "
@@ -207,11 +209,11 @@ def train(model, optimizer, loader, step, args, ctx, logger, run_dir, pos, stop,
         scalars = {"epoch/loss": summary["loss"], "epoch/infonce": summary["infonce"], "epoch/ddm": summary["ddm"],
                    "epoch/acc1": acc1, "epoch/lr": lr}
         if knn_monitor is not None and ((epoch + 1) % args.knn_freq == 0 or epoch + 1 == args.epochs):
-            scalars["knn/top1"] = knn_monitor(model)
+            with torch.random.fork_rng(devices=[]):  # the monitor leaves the training RNG (saved above) as it was
+                scalars["knn/top1"] = knn_monitor(model)
             msg += f", kNN top-1 {scalars['knn/top1']:.2f}"
         logger.info(msg)
         logger.scalars(scalars, epoch)
-        path = save(model, optimizer, args, run_dir, epoch + 1, 0, best_acc, is_best)
         logger.info(f"saved {path}")
         if agree_to_stop(stop.signum is not None, ctx.device):
             logger.info(f"{stop.name}: stopping after epoch {epoch}; continue with --resume {path}")
@@ -245,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         check_pretrain_args(args)
+        if args.resume == "auto":
+            check_auto_resume(os.path.join(args.run_dir, LAST))
     except UsageError as err:
         exit_usage(PROG, err)
     launch(main_worker, args, PROG,

@@ -25,6 +25,15 @@ def has_fashion_mnist(root: str) -> bool:
                for f in FASHION_MNIST_FILES)
 
 
+def check_fashion_mnist(root: str, flag: str, prefixes: tuple[str, ...]) -> None:
+    """`root` holds the IDX images and labels of each split prefix ('train', 't10k'), gzipped or plain."""
+    missing = [f for f in FASHION_MNIST_FILES if f.split("-")[0] in prefixes
+               and not any(os.path.isfile(os.path.join(root, f + ext)) for ext in (".gz", ""))]
+    if missing:
+        raise UsageError(f"{flag} {root!r}: no Fashion-MNIST file {missing[0]}(.gz); install the package "
+                         f"dataset-fashion-mnist or point {flag} at a folder with the IDX files")
+
+
 def resolve_fashion_mnist(root: str, image_folder_wins: bool = False) -> str:
     """The folder of the IDX files that `--data` (or `--knn_data`) names for `--dataset FashionMNIST`.
 
@@ -61,9 +70,25 @@ def check_image_folder(root: str, flag: str = "--data", split: str = "train") ->
     return classes
 
 
+def check_labelled_folder(root: str, flag: str) -> None:
+    """`root` holds train/ and val/ image folders with the same classes (a kNN bank and its queries)."""
+    train, val = check_image_folder(root, flag, "train"), check_image_folder(root, flag, "val")
+    if train != val:
+        raise UsageError(f"{flag} {root!r}: train/ and val/ have different class folders ({len(train)} vs {len(val)})")
+
+
 def check_resume(path: str, flag: str = "--resume") -> None:
     if path and path != "auto" and not os.path.isfile(path):
         raise UsageError(f"{flag} {path!r}: no such checkpoint file")
+
+
+def check_auto_resume(path: str) -> None:
+    """--resume auto: the run's last checkpoint `path` is absent (a fresh start) or a file (or a link to one)."""
+    if os.path.lexists(path) and not os.path.isfile(path):
+        what = ("a directory" if os.path.isdir(path) else "a dangling link" if not os.path.exists(path)
+                else "not a regular file")
+        raise UsageError(f"--resume auto: {path} is {what}, not a checkpoint file; move it away (or restore what "
+                         "it links to) and rerun")
 
 
 def check_views(args: argparse.Namespace) -> int:
@@ -107,15 +132,19 @@ def check_pretrain_args(args: argparse.Namespace) -> None:
         check_compiler()
     if args.resume == "auto" and not args.run_dir:
         raise UsageError("--resume auto needs --run_dir (the run directory to continue or start)")
-    if args.dataset.lower() != "fashionmnist":
-        check_image_folder(args.data)
-    if args.knn_data and args.dataset.lower() != "fashionmnist":  # FashionMNIST: its IDX train/test files
-        check_image_folder(args.knn_data, "--knn_data", "train")
-        check_image_folder(args.knn_data, "--knn_data", "val")
-    if args.dataset.lower() == "fashionmnist":
+    fashion = args.dataset.lower() == "fashionmnist"
+    if fashion:
         args.data = resolve_fashion_mnist(args.data)
-        if args.knn_data:
+        check_fashion_mnist(args.data, "--data", ("train",))
+    else:
+        check_image_folder(args.data)
+    if args.knn_data:  # the kNN monitor's bank (train) and queries (val; Fashion-MNIST: t10k), as clsa.knn reads them
+        if fashion:
             args.knn_data = resolve_fashion_mnist(args.knn_data, image_folder_wins=True)
+        if fashion and not os.path.isdir(os.path.join(args.knn_data, "train")):
+            check_fashion_mnist(args.knn_data, "--knn_data", ("train", "t10k"))
+        else:
+            check_labelled_folder(args.knn_data, "--knn_data")
 
 
 def check_compiler() -> None:
