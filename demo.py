@@ -36,6 +36,7 @@ from experiments.pretrain_run import (
 )
 from experiments.recipe import Recipe
 from ops.errors import UsageError, exit_usage
+from ops.ranges import check_ranges
 
 PROG = "demo.py"
 CALIBRATION_ITERS = 40  # iterations of the speed measurement before the run is sized
@@ -73,12 +74,7 @@ def recipe_for(args: argparse.Namespace) -> Recipe:
 
 
 def check(args: argparse.Namespace) -> None:
-    for flag in ("epochs", "budget_min"):
-        if getattr(args, flag) <= 0:
-            raise UsageError(f"--{flag} must be > 0, got {getattr(args, flag)}")
-    for flag in ("subset", "bank", "queries", "monitor_queries", "monitor_bank"):
-        if getattr(args, flag) < 0:
-            raise UsageError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    check_ranges(build_parser(), args)  # every numeric flag, from the one table in ops/ranges.py
     if args.smoke:
         args.subset, args.bank, args.queries, args.monitor_queries, args.monitor_bank = 64, 64, 40, 40, 64
 

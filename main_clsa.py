@@ -43,10 +43,18 @@ from ops.argparser import parse_args
 from ops.environment import keep_freed_memory, loader_worker_init, seed_everything
 from ops.errors import UsageError, exit_usage
 from ops.launch import DistContext, launch
+from ops.runlock import RunLock
 from ops.runlog import RunLogger, format_duration, timestamp, unique_run_dir
-from ops.validate import check_batch, check_enough_images, check_pretrain_args
+from ops.validate import check_auto_resume, check_batch, check_enough_images, check_pretrain_args
 
 PROG = "main_clsa.py"
+
+
+def fixed_run_dir(args: argparse.Namespace) -> str:
+    """--run_dir, or the resumed checkpoint's folder; '' for a fresh run (its folder is made by run_dir_for)."""
+    if args.run_dir:
+        return args.run_dir
+    return os.path.dirname(os.path.abspath(args.resume)) if args.resume else ""
 
 
 def run_dir_for(args: argparse.Namespace) -> str:
@@ -54,12 +62,9 @@ def run_dir_for(args: argparse.Namespace) -> str:
 
     --alpha's default is the int 1 (as in 2021): "Alpha_1" by default, "Alpha_1.0" when passed.
     """
-    if args.run_dir:
-        return args.run_dir
-    if args.resume:
-        return os.path.dirname(os.path.abspath(args.resume))
-    return unique_run_dir(os.path.join(args.log_path, args.dataset, f"Alpha_{args.alpha}", f"Aug_{args.aug_times}",
-                                       f"lr_{args.lr}", f"cos_{args.cos}", timestamp()))
+    stamp = os.path.join(args.log_path, args.dataset, f"Alpha_{args.alpha}", f"Aug_{args.aug_times}",
+                         f"lr_{args.lr}", f"cos_{args.cos}", timestamp())
+    return fixed_run_dir(args) or unique_run_dir(stamp)
 
 
 def build_loader(args: argparse.Namespace, ctx: DistContext, batch: int, transform: MultiViewTransform | None
@@ -110,8 +115,33 @@ def rerun_hint(args: argparse.Namespace, run_dir: str) -> str:
     return f"{state}; rerun the same command" + (f" with {' '.join(flags)}" if flags else "")
 
 
+def lock_run_dir(lock: RunLock, run_dir: str, ctx: DistContext) -> None:
+    """Global rank 0 takes `run_dir`'s lock; when another run holds it, every process stops with one line (exit 2)."""
+    if not run_dir:
+        return
+    refusal = None
+    if ctx.is_main:
+        try:
+            lock.acquire(run_dir)
+        except UsageError as err:
+            refusal = str(err)
+    refusal = broadcast_object(refusal)
+    if refusal:
+        raise UsageError(refusal)
+
+
 def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
+    """One training process; global rank 0 holds the run directory's lock until it exits, also on an error."""
+    lock = RunLock()
+    try:
+        train_worker(ctx, args, lock)
+    finally:
+        lock.release()
+
+
+def train_worker(ctx: DistContext, args: argparse.Namespace, lock: RunLock) -> None:
     stop = StopRequest().install()
+    lock_run_dir(lock, fixed_run_dir(args), ctx)  # --run_dir or --resume: a second run is refused before any work
     if ctx.device.type == "cpu":
         keep_freed_memory()
     seed_everything(args.seed, ctx.rank, deterministic=args.seed is not None)
@@ -132,9 +162,12 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
     pos = resume(args, model, optimizer)
 
     run_dir = broadcast_object(run_dir_for(args) if ctx.is_main else None)
+    lock_run_dir(lock, run_dir, ctx)  # a fresh run's new folder (taken above otherwise)
     ctx.rerun_hint = lambda: rerun_hint(args, run_dir)
     logger = RunLogger(run_dir, ctx.is_main)
     logger.info(f"run directory: {run_dir}")
+    if lock.note:
+        logger.info(f"warning: {lock.note}")
     logger.info(f"{ctx.world_size} process(es) on {ctx.device.type}, batch {batch} per process "
                 f"(global {batch * ctx.world_size}), arch {args.arch}, K {args.moco_k}, "
                 f"{loader.sampler.batches_per_epoch()} iterations/epoch")
@@ -205,19 +238,20 @@ def train(model, optimizer, loader, plan, args, ctx, logger, run_dir, pos, stop,
             raise SystemExit(stop.exit_code)
         acc1 = _global_mean(summary["acc1"], ctx)
         is_best, best_acc = acc1 > best_acc, max(acc1, best_acc)
+        # saved before anything else at the epoch's end can fail (the kNN monitor reads files): no epoch is lost
+        path = save(model, optimizer, args, run_dir, epoch + 1, 0, best_acc, is_best)
         lr = optimizer.param_groups[0]["lr"]  # the last iteration's
         msg = (f"epoch {epoch} done in {format_duration(summary['seconds'])}: lr {lr:.4g} loss {summary['loss']:.4f} "
                f"(InfoNCE {summary['infonce']:.4f}, {unwrap(model).objective.strong_label} {summary['ddm']:.4f}) "
-               f"Acc@1 {acc1:.2f} "
-               f"{summary['img_per_s']:.1f} img/s")
+               f"Acc@1 {acc1:.2f} {summary['img_per_s']:.1f} img/s")
         scalars = {"epoch/loss": summary["loss"], "epoch/infonce": summary["infonce"], "epoch/ddm": summary["ddm"],
                    "epoch/acc1": acc1, "epoch/lr": lr}
         if knn_monitor is not None and ((epoch + 1) % args.knn_freq == 0 or epoch + 1 == args.epochs):
-            scalars["knn/top1"] = knn_monitor(model)
+            with torch.random.fork_rng(devices=[]):  # the monitor leaves the training RNG (saved above) as it was
+                scalars["knn/top1"] = knn_monitor(model)
             msg += f", kNN top-1 {scalars['knn/top1']:.2f}"
         logger.info(msg)
         logger.scalars(scalars, epoch)
-        path = save(model, optimizer, args, run_dir, epoch + 1, 0, best_acc, is_best)
         logger.info(f"saved {path}")
         if agree_to_stop(stop.signum is not None, ctx.device):
             logger.info(f"{stop.name}: stopping after epoch {epoch}; continue with --resume {path}")
@@ -251,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         check_pretrain_args(args)
+        if args.resume == "auto":
+            check_auto_resume(os.path.join(args.run_dir, LAST))
     except UsageError as err:
         exit_usage(PROG, err)
     launch(main_worker, args, PROG,

@@ -39,6 +39,7 @@ from data_processing.transforms import normalize  # noqa: E402
 from ops.argparser import RESNET_ARCHS, add_trust_flag  # noqa: E402
 from ops.environment import use_cuda  # noqa: E402
 from ops.errors import UsageError, exit_usage  # noqa: E402
+from ops.ranges import check_ranges  # noqa: E402
 from ops.runlog import RunLogger, format_duration  # noqa: E402
 from ops.validate import check_arch  # noqa: E402
 from VOC_CLF.svm import DEFAULT_COSTS, svm_scores  # noqa: E402
@@ -92,14 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     if not args.data:
         raise UsageError("--data is required: the folder holding VOCdevkit/VOC2007")
+    check_ranges(build_parser(), args)  # every numeric flag, from the one table in ops/ranges.py
     check_arch(args.arch)
-    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
-                        ("--image-size", args.image_size), ("--print-freq", args.print_freq),
-                        ("--svm-folds", args.svm_folds)):
-        if value < 1:
-            raise UsageError(f"{flag} must be >= 1, got {value}")
-    if args.workers < 0 or args.lr <= 0 or any(c <= 0 for c in args.svm_costs):
-        raise UsageError("--workers must be >= 0, --lr and --svm-costs > 0")
     if args.pretrained and not os.path.isfile(args.pretrained):
         raise UsageError(f"--pretrained {args.pretrained!r}: no such checkpoint file")
     check_voc_layout(args.data)

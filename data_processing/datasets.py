@@ -9,9 +9,10 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets import ImageFolder
+from torchvision.datasets import ImageFolder as TorchvisionImageFolder
 
 from ops.errors import UsageError
+from ops.folders import image_files
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -43,6 +44,29 @@ def _find(root: str, stem: str) -> str:
             return os.path.join(root, name)
     raise UsageError(f"Fashion-MNIST file {stem}(.gz) not found in {root!r}; "
                      f"install it with 'apt-get install dataset-fashion-mnist' or point --data at a copy")
+
+
+class ImageFolder(TorchvisionImageFolder):
+    """torchvision's ImageFolder with the same samples in the same order, scanned by `ops.folders.image_files`: a link
+    back into a folder already read raises `ops.folders.FolderLoop` instead of being followed until the kernel's
+    link limit (which repeated that class's images once per level)."""
+
+    @staticmethod
+    def make_dataset(directory: str, class_to_idx: dict[str, int], extensions: tuple[str, ...] | None = None,
+                     is_valid_file: Callable[[str], bool] | None = None, allow_empty: bool = False
+                     ) -> list[tuple[str, int]]:
+        if extensions is None or is_valid_file is not None:
+            return TorchvisionImageFolder.make_dataset(directory, class_to_idx, extensions, is_valid_file, allow_empty)
+        samples, empty = [], []
+        for name in sorted(class_to_idx):
+            files = image_files(os.path.join(directory, name), extensions)
+            samples += [(path, class_to_idx[name]) for path in files]
+            if not files:
+                empty.append(name)
+        if empty and not allow_empty:
+            raise FileNotFoundError(f"no image files ({', '.join(extensions)}) in the class folder(s) "
+                                    f"{', '.join(os.path.join(directory, n) for n in empty)}")
+        return samples
 
 
 class FashionMNIST(Dataset):

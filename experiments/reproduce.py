@@ -40,6 +40,7 @@ from experiments.pretrain_run import (  # noqa: E402
 from experiments.recipe import MULTI_CROP, SINGLE_CROP, Recipe  # noqa: E402
 from experiments.reproduce_table import summarise, write_table  # noqa: E402
 from ops.errors import UsageError, exit_usage  # noqa: E402
+from ops.ranges import check_ranges  # noqa: E402
 
 PROG = "experiments/reproduce.py"
 EVAL_RESERVE_S = 90  # kept per remaining evaluation when the budget guard stops a pretraining
@@ -144,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     args = build_parser().parse_args(argv)
     try:
-        if args.epochs < 1 or args.subset < 0 or args.budget_min <= 0:
-            raise UsageError("--epochs must be >= 1, --subset >= 0 and --budget_min > 0")
+        check_ranges(build_parser(), args)  # every numeric flag, from the one table in ops/ranges.py
         source = fmnist_data.locate(args.data or None, install=False)
     except UsageError as err:
         exit_usage(PROG, err)

@@ -82,7 +82,7 @@ def check_finetune_args(args: argparse.Namespace) -> None:
     if not (args.pretrained or args.random_init or args.resume):
         raise UsageError("pass --pretrained CHECKPOINT to fine-tune an encoder, or --random-init for the "
                          "random-initialisation baseline")
-    check_classifier_args(args, needs_train=True)
+    check_classifier_args(args, build_parser(), needs_train=True)
 
 
 def default_epochs(labelled: int, split: int) -> int:

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from ops.argparser import RESNET_ARCHS, add_launch_flags, add_trust_flag
 from ops.errors import UsageError
-from ops.validate import check_arch, check_at_least, check_image_folder, check_resume, resolve_fashion_mnist
+from ops.ranges import check_ranges
+from ops.validate import check_arch, check_image_folder, check_resume, resolve_fashion_mnist
 
 
 def add_data_flags(p: argparse.ArgumentParser, pretrained_help: str, run_kind: str) -> argparse._ArgumentGroup:
@@ -87,18 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_classifier_args(args: argparse.Namespace, needs_train: bool, image_folder_wins: bool = False) -> None:
-    """The checks lincls.py and finetune.py share; each raises UsageError naming the flag or file. For
-    --dataset FashionMNIST, resolves args.data to the folder of the IDX files."""
+def check_classifier_args(args: argparse.Namespace, parser: argparse.ArgumentParser, needs_train: bool,
+                          image_folder_wins: bool = False) -> None:
+    """The checks lincls.py and finetune.py share (`parser`: the script's, for the one range table of
+    ops/ranges.py); each raises UsageError naming the flag or file. For --dataset FashionMNIST, resolves args.data
+    to the folder of the IDX files."""
+    check_ranges(parser, args)  # every numeric flag, from the one table in ops/ranges.py
     check_arch(args.arch)
-    check_at_least(1, ("--batch-size", args.batch_size), ("--print-freq", args.print_freq),
-                   ("--cpu-procs", args.cpu_procs), ("--train-crop", args.train_crop),
-                   ("--val-resize", args.val_resize), ("--val-crop", args.val_crop))
-    if args.epochs is not None:
-        check_at_least(1, ("--epochs", args.epochs))
-    check_at_least(0, ("--workers", args.workers), ("--start-epoch", args.start_epoch))
-    if args.lr <= 0:
-        raise UsageError(f"--lr must be > 0, got {args.lr}")
     if args.pretrained and not os.path.isfile(args.pretrained):
         raise UsageError(f"--pretrained {args.pretrained!r}: no such checkpoint file")
     check_resume(args.resume)
@@ -114,14 +110,12 @@ def check_classifier_args(args: argparse.Namespace, needs_train: bool, image_fol
 
 def check_lincls_args(args: argparse.Namespace) -> None:
     """All checks that need no process group; each raises UsageError naming the flag or file."""
-    check_at_least(1, ("--knn-k", args.knn_k))
-    if args.knn_t <= 0:
-        raise UsageError(f"--knn-t must be > 0, got {args.knn_t}")
     if args.evaluate and args.knn:
         raise UsageError("-e/--evaluate and --knn are two different evaluations; pass one of them")
     if args.evaluate and not (args.resume or args.pretrained):
         raise UsageError("-e/--evaluate needs a linear checkpoint: --resume <checkpoint_last.pth.tar> or --pretrained")
-    check_classifier_args(args, needs_train=not args.evaluate, image_folder_wins=args.knn)  # --knn: clsa.knn
+    check_classifier_args(args, build_parser(), needs_train=not args.evaluate,
+                          image_folder_wins=args.knn)  # --knn: clsa.knn
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

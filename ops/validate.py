@@ -10,25 +10,28 @@ import argparse
 import os
 import shutil
 
-from ops.argparser import DEFAULT_DATA, RESNET_ARCHS
+from ops.argparser import DEFAULT_DATA, RESNET_ARCHS, build_parser
 from ops.errors import UsageError
+from ops.folders import IMG_EXTENSIONS, FolderLoop, class_names, image_files
+from ops.ranges import check_ranges
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian/Ubuntu package dataset-fashion-mnist
 FASHION_MNIST_FILES = tuple(f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1"))
-
-
-def check_at_least(minimum: int, *flags: tuple[str, float]) -> None:
-    """Refuse the first (flag, value) below `minimum`, naming the flag."""
-    for flag, value in flags:
-        if value < minimum:
-            raise UsageError(f"{flag} must be >= {minimum}, got {value}")
 
 
 def has_fashion_mnist(root: str) -> bool:
     """True when `root` holds the four IDX files (gzipped or plain)."""
     return all(os.path.isfile(os.path.join(root, f + ".gz")) or os.path.isfile(os.path.join(root, f))
                for f in FASHION_MNIST_FILES)
+
+
+def check_fashion_mnist(root: str, flag: str, prefixes: tuple[str, ...]) -> None:
+    """`root` holds the IDX images and labels of each split prefix ('train', 't10k'), gzipped or plain."""
+    missing = [f for f in FASHION_MNIST_FILES if f.split("-")[0] in prefixes
+               and not any(os.path.isfile(os.path.join(root, f + ext)) for ext in (".gz", ""))]
+    if missing:
+        raise UsageError(f"{flag} {root!r}: no Fashion-MNIST file {missing[0]}(.gz); install the package "
+                         f"dataset-fashion-mnist or point {flag} at a folder with the IDX files")
 
 
 def resolve_fashion_mnist(root: str, image_folder_wins: bool = False) -> str:
@@ -45,22 +48,47 @@ def resolve_fashion_mnist(root: str, image_folder_wins: bool = False) -> str:
     return root
 
 
-def check_image_folder(root: str, flag: str = "--data", split: str = "train") -> str:
-    """Return `<root>/<split>` if it holds class folders with at least one image, else raise."""
+def check_image_folder(root: str, flag: str = "--data", split: str = "train") -> list[str]:
+    """Return the class folders of `<root>/<split>` (sorted) when each holds at least one image and no link leads
+    back into a folder already read (ops.folders); else raise naming the folder."""
     folder = os.path.join(root, split)
     if not os.path.isdir(root):
         raise UsageError(f"{flag} {root!r} does not exist; give a folder holding {split}/<class>/<image files>")
     if not os.path.isdir(folder):
         raise UsageError(f"{flag} {root!r} has no '{split}/' folder; expected {folder}/<class>/<image files>")
-    for _dirpath, _dirs, files in os.walk(folder, followlinks=True):
-        if any(f.lower().endswith(IMG_EXTENSIONS) for f in files):
-            return folder
-    raise UsageError(f"{flag}: no images ({', '.join(IMG_EXTENSIONS)}) under {folder}/<class>/")
+    classes = class_names(folder)
+    if not classes:
+        raise UsageError(f"{flag}: no class folders in {folder}, so no images; expected {folder}/<class>/<image files>")
+    for name in classes:
+        try:
+            files = image_files(os.path.join(folder, name))
+        except FolderLoop as err:
+            raise UsageError(f"{flag}: {err}") from None
+        if not files:
+            raise UsageError(f"{flag}: class folder {os.path.join(folder, name)} holds no images "
+                             f"({', '.join(IMG_EXTENSIONS)}); add its images or remove it")
+    return classes
+
+
+def check_labelled_folder(root: str, flag: str) -> None:
+    """`root` holds train/ and val/ image folders with the same classes (a kNN bank and its queries)."""
+    train, val = check_image_folder(root, flag, "train"), check_image_folder(root, flag, "val")
+    if train != val:
+        raise UsageError(f"{flag} {root!r}: train/ and val/ have different class folders ({len(train)} vs {len(val)})")
 
 
 def check_resume(path: str, flag: str = "--resume") -> None:
     if path and path != "auto" and not os.path.isfile(path):
         raise UsageError(f"{flag} {path!r}: no such checkpoint file")
+
+
+def check_auto_resume(path: str) -> None:
+    """--resume auto: the run's last checkpoint `path` is absent (a fresh start) or a file (or a link to one)."""
+    if os.path.lexists(path) and not os.path.isfile(path):
+        what = ("a directory" if os.path.isdir(path) else "a dangling link" if not os.path.exists(path)
+                else "not a regular file")
+        raise UsageError(f"--resume auto: {path} is {what}, not a checkpoint file; move it away (or restore what "
+                         "it links to) and rerun")
 
 
 def check_views(args: argparse.Namespace) -> int:
@@ -94,16 +122,9 @@ def check_arch(arch: str) -> None:
 
 def check_pretrain_args(args: argparse.Namespace) -> None:
     """All checks of `main_clsa.py` that need no process group."""
+    check_ranges(build_parser(), args)  # every numeric flag, from the one table in ops/ranges.py
     check_arch(args.arch)
     check_views(args)
-    check_at_least(1, ("--epochs", args.epochs), ("--batch_size", args.batch_size), ("--moco_k", args.moco_k),
-                   ("--moco_dim", args.moco_dim), ("--cpu_procs", args.cpu_procs),
-                   ("--print_freq", args.print_freq), ("--knn_freq", args.knn_freq))
-    check_at_least(0, ("--workers", args.workers), ("--warmup_iters", args.warmup_iters))
-    if not 0 <= args.moco_m <= 1:
-        raise UsageError(f"--moco_m must be in [0, 1], got {args.moco_m}")
-    if args.moco_t <= 0 or args.clsa_t <= 0:
-        raise UsageError("--moco_t and --clsa_t must be > 0")
     if args.sym not in (0, 1):
         raise UsageError(f"--sym must be 0 or 1, got {args.sym}")
     check_resume(args.resume)
@@ -111,15 +132,19 @@ def check_pretrain_args(args: argparse.Namespace) -> None:
         check_compiler()
     if args.resume == "auto" and not args.run_dir:
         raise UsageError("--resume auto needs --run_dir (the run directory to continue or start)")
-    if args.dataset.lower() != "fashionmnist":
-        check_image_folder(args.data)
-    if args.knn_data and args.dataset.lower() != "fashionmnist":  # FashionMNIST: its IDX train/test files
-        check_image_folder(args.knn_data, "--knn_data", "train")
-        check_image_folder(args.knn_data, "--knn_data", "val")
-    if args.dataset.lower() == "fashionmnist":
+    fashion = args.dataset.lower() == "fashionmnist"
+    if fashion:
         args.data = resolve_fashion_mnist(args.data)
-        if args.knn_data:
+        check_fashion_mnist(args.data, "--data", ("train",))
+    else:
+        check_image_folder(args.data)
+    if args.knn_data:  # the kNN monitor's bank (train) and queries (val; Fashion-MNIST: t10k), as clsa.knn reads them
+        if fashion:
             args.knn_data = resolve_fashion_mnist(args.knn_data, image_folder_wins=True)
+        if fashion and not os.path.isdir(os.path.join(args.knn_data, "train")):
+            check_fashion_mnist(args.knn_data, "--knn_data", ("train", "t10k"))
+        else:
+            check_labelled_folder(args.knn_data, "--knn_data")
 
 
 def check_compiler() -> None:
