@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "Semisup_log")
     g = add_optimisation_flags(
         p, "optimisation (every layer; SimCLR's semi-supervised protocol)", None,
-        f"total epochs E; default: {EPOCHS_FEW} when the labelled images are at most {FEW_LABELS:.0%} of the train "
-        f"split (the protocol's 1 % setting), else {EPOCHS_MORE} (its 10 % setting)", 4096, 0.05,
+        f"total epochs E; default: {EPOCHS_FEW} when the labelled images are at most {FEW_LABELS * 100:g} %% of the "
+        f"train split (the protocol's 1 %% setting), else {EPOCHS_MORE} (its 10 %% setting)", 4096, 0.05,
         f"base learning rate for a global batch of {LR_BATCH}; with --lr-scaling linear the SGD lr is "
         f"lr x global batch / {LR_BATCH} (0.05 x 4096 / 256 = 0.8, SimCLR's)", 0.0,
         "finetune.py checkpoint to continue from (its directory is reused; the same subset flags are required)")

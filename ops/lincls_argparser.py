@@ -58,7 +58,7 @@ def add_optimisation_flags(p: argparse.ArgumentParser, title: str, epochs: int |
 def add_crop_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--train-crop", type=int, default=224, help="RandomResizedCrop size for training")
     g.add_argument("--val-resize", type=int, default=256, help="Resize (shorter side) before the centre crop")
-    g.add_argument("--val-crop", type=int, default=224, help="CenterCrop size for validation and kNN")
+    g.add_argument("--val-crop", type=int, default=224, help="CenterCrop size for validation (and lincls.py --knn)")
 
 
 def build_parser() -> argparse.ArgumentParser:

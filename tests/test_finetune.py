@@ -146,6 +146,18 @@ def test_resume_after_sigterm_ends_like_an_uninterrupted_run(data, tmp_path):
     assert results[0]["top1"] == results[1]["top1"] and results[1]["init"] == "random"
 
 
+def test_help_shows_every_flag_and_the_protocol(capsys):
+    import finetune
+    with pytest.raises(SystemExit) as exc:
+        finetune.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal's width
+    assert exc.value.code == 0
+    for flag in ("--train-subset", "--label-fraction", "--subset-seed", "--random-init", "--nesterov",
+                 "--lr-scaling", "--cpu-procs", "--resume", "--trust-checkpoint"):
+        assert flag in out, flag
+    assert "0.05 x 4096 / 256 = 0.8" in out and "60 when the labelled images are at most 5 %" in out
+
+
 def write_list(tmp_path, lines: list[str]) -> str:
     path = tmp_path / "list.txt"
     path.write_text("\n".join(lines) + "\n")
