@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 
 import torch
 from torch.utils.data import DataLoader
@@ -35,7 +36,7 @@ from clsa.step import CLSAStep, MethodConfig
 from data_processing.datasets import build_dataset
 from data_processing.device_views import DeviceViews, EncodedImages, collate_encoded, read_file_bytes
 from data_processing.gpu_views import BatchViews
-from data_processing.sampling import EpochSampler, RobustViews
+from data_processing.sampling import EpochSampler, RobustViews, UnreadableImage
 from data_processing.transforms import MultiViewTransform, expand_crops
 from ops.argparser import parse_args
 from ops.environment import keep_freed_memory, loader_worker_init, seed_everything
@@ -219,6 +220,9 @@ def train(model, optimizer, loader, step, args, ctx, logger, run_dir, pos, stop,
                                       args.max_iters, args.print_freq, args.skip_nonfinite, make_views,
                                       check_lag=int(args.step_checks == "deferred" or (args.step_checks == "auto"
                                                                                       and ctx.device.type == "cuda")))
+        except UnreadableImage as err:  # --strict_data: one line, from the process that met the file
+            print(f"{PROG}: error: {err.line()}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         except NonFiniteLoss as err:
             last = os.path.join(run_dir, LAST)
             logger.info(f"{PROG}: error: {err}; the last good checkpoint is {last if os.path.exists(last) else 'none'}"
