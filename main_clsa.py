@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import math
 import os
+import sys
 
 import torch
 from torch.utils.data import DataLoader
@@ -36,7 +37,7 @@ from clsa.losses import Objective
 from data_processing.datasets import build_dataset
 from data_processing.device_views import DeviceViews, EncodedImages, collate_encoded, read_file_bytes
 from data_processing.gpu_views import BatchViews
-from data_processing.sampling import EpochSampler, RobustViews
+from data_processing.sampling import EpochSampler, RobustViews, UnreadableImage
 from data_processing.transforms import MultiViewTransform
 from data_processing.view_plan import ViewPlan, expand_crops
 from ops.argparser import parse_args
@@ -224,6 +225,9 @@ def train(model, optimizer, loader, plan, args, ctx, logger, run_dir, pos, stop,
         try:
             cfg = dataclasses.replace(loop, start_iter=start_iter)
             summary = train_one_epoch(model, batches, optimizer, epoch, cfg, ctx, logger, stop)
+        except UnreadableImage as err:  # --strict_data: one line, from the process that met the file
+            print(f"{PROG}: error: {err.line()}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         except NonFiniteLoss as err:
             last = os.path.join(run_dir, LAST)
             logger.info(f"{PROG}: error: {err}; the last good checkpoint is {last if os.path.exists(last) else 'none'}"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 from collections.abc import Callable
+from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -16,6 +18,28 @@ from ops.folders import image_files
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+class ImageTooLarge(OSError):
+    """A header that claims more pixels than PIL's `Image.MAX_IMAGE_PIXELS`: a decompression bomb (a tiny file that
+    decodes to gigabytes). An OSError, so it is skipped and reported like any unreadable file."""
+
+
+def open_image(fp: str | IO[bytes]) -> Image.Image:
+    """`PIL.Image.open` (the header only), raising ImageTooLarge where PIL would raise DecompressionBombError or,
+    between 1x and 2x its limit, only warn and then decode the whole image."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(fp)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise ImageTooLarge(str(err)) from None
+
+
+def read_rgb(path: str) -> Image.Image:
+    """torchvision's PIL loader (the same pixels), refusing decompression bombs (ImageTooLarge)."""
+    with open(path, "rb") as f:
+        return open_image(f).convert("RGB")
 
 
 def _open_maybe_gz(path: str):
@@ -98,15 +122,15 @@ class FashionMNIST(Dataset):
 def build_dataset(name: str, root: str, split: str, transform: Callable | None, loader: Callable | None = None,
                   allow_empty: bool = False) -> Dataset:
     """'FashionMNIST' reads the IDX files in `root`; anything else is ImageFolder(<root>/<split>), its files read
-    by `loader` (default: PIL; --views gpu: the bytes only). `allow_empty`: keep class folders without images (as
-    classes with no samples) instead of torchvision's error, for callers that report them themselves.
+    by `loader` (default: `read_rgb`, PIL without decompression bombs; --views gpu: the bytes only). `allow_empty`:
+    keep class folders without images (as classes with no samples) instead of an error, for callers that report
+    them themselves.
 
     `root` is used as given (the entry scripts resolve --data defaults: ops.validate.resolve_fashion_mnist)."""
     if name.lower() == "fashionmnist":
         return FashionMNIST(root, split, transform)
-    if loader is not None:
-        return ImageFolder(os.path.join(root, split), transform=transform, loader=loader, allow_empty=allow_empty)
-    return ImageFolder(os.path.join(root, split), transform=transform, allow_empty=allow_empty)
+    return ImageFolder(os.path.join(root, split), transform=transform, loader=loader or read_rgb,
+                       allow_empty=allow_empty)
 
 
 def labelled_splits(name: str, root: str, transform: Callable | None) -> tuple[Dataset, Dataset]:

@@ -18,6 +18,7 @@ views an uninterrupted one builds.
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -26,17 +27,26 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data_processing.datasets import ImageTooLarge, open_image
 from data_processing.gpu_views import BatchViews
+from data_processing.sampling import UnreadableImage
 
 JPEG_MAGIC = b"\xff\xd8"
 
 
 def read_file_bytes(path: str) -> torch.Tensor:
-    """The file's bytes as a 1-D uint8 tensor (what loader workers do under --views gpu)."""
+    """The file's bytes as a 1-D uint8 tensor (what loader workers do under --views gpu). A header that claims more
+    pixels than PIL allows (a decompression bomb) raises ImageTooLarge here, before any decoder allocates them."""
     with open(path, "rb") as f:
         data = f.read()
     if not data:
         raise OSError(f"empty file {path}")
+    try:
+        open_image(io.BytesIO(data))  # the header only
+    except ImageTooLarge:
+        raise
+    except (OSError, SyntaxError, ValueError):
+        pass  # a file PIL does not read: the decoders try it and report it if they cannot either
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
@@ -138,7 +148,7 @@ class DeviceViews:
         images = decode_batch(data, self.device)
         bad = [names[i] for i, img in enumerate(images) if img is None]
         if bad and self.strict:
-            raise RuntimeError(f"unreadable image {bad[0]} (drop --strict_data to skip it)")
+            raise UnreadableImage(f"unreadable image {bad[0]} (drop --strict_data to skip it)")
         if len(bad) == len(images):
             raise RuntimeError(f"no image of this batch could be decoded ({', '.join(bad[:3])}, ...)")
         good = [i for i, img in enumerate(images) if img is not None]

@@ -13,10 +13,21 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, DistributedSampler
 
-UNREADABLE = (OSError, UnidentifiedImageError, SyntaxError)  # PIL: truncated, empty, or not an image
+# PIL: truncated, empty, not an image, or a decompression bomb (datasets.read_rgb raises ImageTooLarge, an OSError)
+UNREADABLE = (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError)
+
+
+class UnreadableImage(RuntimeError):
+    """Strict data: an image that no decoder reads stops the run; the message names the file and the reason."""
+
+    def line(self) -> str:
+        """The message, also when a DataLoader worker re-raised it with the worker's traceback appended."""
+        last = (str(self).strip().splitlines() or [""])[-1]
+        prefix = f"{UnreadableImage.__module__}.{UnreadableImage.__qualname__}: "
+        return last[len(prefix):] if last.startswith(prefix) else last
 
 
 class EpochSampler(DistributedSampler):
@@ -79,7 +90,7 @@ class RobustViews(Dataset):
                 return views, target, "|".join(skipped)
             except UNREADABLE as err:
                 if self.strict:
-                    raise RuntimeError(f"unreadable image {self._path(i)}: {err} (drop --strict_data to skip it)") \
-                        from err
+                    raise UnreadableImage(f"unreadable image {self._path(i)}: {err} (drop --strict_data to skip "
+                                          "it)") from err
                 skipped.append(self._path(i))
         raise RuntimeError(f"100 unreadable images in a row from {self._path(index)}; is the data folder intact?")
