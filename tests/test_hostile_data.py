@@ -20,7 +20,8 @@ from data_processing.datasets import build_dataset
 from data_processing.device_views import DeviceViews, EncodedImages, collate_encoded, read_file_bytes
 from data_processing.gpu_views import BatchViews
 from data_processing.sampling import RobustViews, UnreadableImage
-from data_processing.transforms import MultiViewTransform, expand_crops
+from data_processing.transforms import MultiViewTransform
+from data_processing.view_plan import ViewPlan, expand_crops
 from ops.folders import FolderLoop
 
 
@@ -109,7 +110,7 @@ def _one_batch(dataset, **kwargs):
 def test_a_decompression_bomb_is_skipped_and_reported_with_views_cpu(bombed):
     root, bomb = bombed
     crops = expand_crops([1, 1], [32, 16], [0.2, 0.086], [1.0, 0.429])
-    images = build_dataset("ImageNet", root, "train", MultiViewTransform(crops, [0], [1], 2))
+    images = build_dataset("ImageNet", root, "train", MultiViewTransform(ViewPlan.build(crops, [0], [1], 2)))
     views, _, skipped = _one_batch(RobustViews(images, seed=0))
     assert [s for s in skipped if s] == [bomb] and views[0].shape == (7, 3, 32, 32)
     with pytest.raises(UnreadableImage) as e:
@@ -123,7 +124,7 @@ def test_a_decompression_bomb_is_skipped_in_the_worker_with_views_gpu(bombed):
     batch, _, skipped = _one_batch(RobustViews(images, seed=0), collate_fn=collate_encoded)
     assert [s for s in skipped if s] == [bomb] and bomb not in batch[1]  # never reaches a decoder
     crops = expand_crops([1, 1], [32, 16], [0.2, 0.086], [1.0, 0.429])
-    views, bad = DeviceViews(BatchViews(crops, [0], [1], 2), torch.device("cpu"), 0, 0)(batch, 0, 0)
+    views, bad = DeviceViews(BatchViews(ViewPlan.build(crops, [0], [1], 2)), torch.device("cpu"), 0, 0)(batch, 0, 0)
     assert bad == [] and views[0].shape == (7, 3, 32, 32)
     with pytest.raises(UnreadableImage, match="unreadable image .*1_bomb.png"):
         _one_batch(RobustViews(images, seed=0, strict=True), collate_fn=collate_encoded)
