@@ -226,7 +226,7 @@ def train(model, optimizer, loader, plan, args, ctx, logger, run_dir, pos, stop,
             cfg = dataclasses.replace(loop, start_iter=start_iter)
             summary = train_one_epoch(model, batches, optimizer, epoch, cfg, ctx, logger, stop)
         except UnreadableImage as err:  # --strict_data: one line, from the process that met the file
-            print(f"{PROG}: error: {err.line()}", file=sys.stderr, flush=True)
+            print(f"{PROG}: error: {err.line()} (drop --strict_data to skip it)", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         except NonFiniteLoss as err:
             last = os.path.join(run_dir, LAST)

@@ -120,7 +120,7 @@ def _act_on(a: Agreement, epoch: int, skip_nonfinite: bool, logger: RunLogger) -
         if not skip_nonfinite:
             raise NonFiniteLoss(f"non-finite loss at epoch {epoch} iteration {a.iteration}")
         logger.info(f"warning: non-finite loss at epoch {epoch} iteration {a.iteration}; step skipped "
-                    "(--skip_nonfinite)")
+                    "(skip_nonfinite)")
     return a.stop
 
 

@@ -67,7 +67,7 @@ def _find(root: str, stem: str) -> str:
         if os.path.isfile(os.path.join(root, name)):
             return os.path.join(root, name)
     raise UsageError(f"Fashion-MNIST file {stem}(.gz) not found in {root!r}; "
-                     f"install it with 'apt-get install dataset-fashion-mnist' or point --data at a copy")
+                     "install it with 'apt-get install dataset-fashion-mnist' or point the data folder at a copy")
 
 
 class ImageFolder(TorchvisionImageFolder):

@@ -10,7 +10,7 @@ torchvision 0.29) decodes a batch of JPEGs in one nvJPEG call on CUDA and any su
 on CPU; without TorchCodec, `torchvision.io` does the same. On CUDA a batch that nvJPEG refuses (a CMYK or odd JPEG)
 falls back to the CPU decode file by file, as do PNGs and other formats. A file that no decoder reads is replaced
 by the next readable image of the batch and reported, like the CPU pipeline's unreadable files; with
-`--strict_data` it stops the run.
+`strict` it stops the run (`UnreadableImage`).
 
 The views' randomness comes from a generator seeded from (seed, epoch, iteration, rank), so a resumed run builds the
 views an uninterrupted one builds.
@@ -148,7 +148,7 @@ class DeviceViews:
         images = decode_batch(data, self.device)
         bad = [names[i] for i, img in enumerate(images) if img is None]
         if bad and self.strict:
-            raise UnreadableImage(f"unreadable image {bad[0]} (drop --strict_data to skip it)")
+            raise UnreadableImage(f"unreadable image {bad[0]}")
         if len(bad) == len(images):
             raise RuntimeError(f"no image of this batch could be decoded ({', '.join(bad[:3])}, ...)")
         good = [i for i, img in enumerate(images) if img is not None]

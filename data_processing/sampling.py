@@ -21,7 +21,7 @@ UNREADABLE = (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionB
 
 
 class UnreadableImage(RuntimeError):
-    """Strict data: an image that no decoder reads stops the run; the message names the file and the reason."""
+    """Strict mode: an image that no decoder reads stops the run; the message names the file and the reason."""
 
     def line(self) -> str:
         """The message, also when a DataLoader worker re-raised it with the worker's traceback appended."""
@@ -90,7 +90,6 @@ class RobustViews(Dataset):
                 return views, target, "|".join(skipped)
             except UNREADABLE as err:
                 if self.strict:
-                    raise UnreadableImage(f"unreadable image {self._path(i)}: {err} (drop --strict_data to skip "
-                                          "it)") from err
+                    raise UnreadableImage(f"unreadable image {self._path(i)}: {err}") from err
                 skipped.append(self._path(i))
         raise RuntimeError(f"100 unreadable images in a row from {self._path(index)}; is the data folder intact?")

@@ -170,7 +170,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(image_folder, tmp_p
 
     r = run_script(["main_clsa.py", *common, "--epochs", "2", "--resume", "auto", "--lr", "inf",
                     "--skip_nonfinite"])
-    assert r.returncode == 0 and "step skipped (--skip_nonfinite)" in r.stdout
+    assert r.returncode == 0 and "step skipped (skip_nonfinite)" in r.stdout
 
 
 @pytest.mark.parametrize("flags,named", [(["--arch", "resnet34"], "arch='resnet18' (this run: 'resnet34')"),
