@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 import torchvision
-from conftest import REPO, run_script, write_image_folder
+from conftest import REPO, free_port, run_script, write_image_folder
 from torchvision.datasets import ImageFolder
 
 from clsa.linear import (
@@ -144,6 +144,25 @@ def test_resume_after_sigterm_ends_like_an_uninterrupted_run(data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
     results = [json.load(open(os.path.join(f, "finetune.json"))) for f in folders]
     assert results[0]["top1"] == results[1]["top1"] and results[1]["init"] == "random"
+
+
+def test_two_processes_validate_the_model_rank_0_saves(data, tmp_path):
+    """mp.spawn, 2 CPU processes, BN in train mode: each rank updates its own BN statistics, so rank 0's are given to
+    every rank before validating. The 2-process validation then equals a 1-process `lincls.py -e` of the saved
+    checkpoint, loss included, and counts each validation image once."""
+    log = str(tmp_path / "log")
+    r = run_script(["finetune.py", "--data", data, "--random-init", "--cpu-procs", "2", "--dist-url",
+                    f"tcp://127.0.0.1:{free_port()}", "--epochs", "1", "--seed", "0", "--log_path", log, *TINY])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 process(es) on cpu" in r.stdout and "batch 2 per process (global 4)" in r.stdout
+    folder = run_dir(log)
+    two = json.load(open(os.path.join(folder, "finetune.json")))
+    assert two["images"] == 4 and two["global_batch"] == 4
+    e = run_script(["lincls.py", "--data", data, "-e", "--resume", os.path.join(folder, "checkpoint_last.pth.tar"),
+                    *TINY])
+    assert e.returncode == 0, e.stdout + e.stderr
+    one = json.load(open(os.path.join(folder, "evaluate.json")))
+    assert (one["top1"], one["images"]) == (two["top1"], 4) and one["loss"] == pytest.approx(two["loss"], rel=1e-5)
 
 
 def test_help_shows_every_flag_and_the_protocol(capsys):
