@@ -118,7 +118,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loader_train: DataLo
         logger.scalars({f"{run.mode}/train_loss": train["loss"], f"{run.mode}/val_top1": res["top1"],
                         f"{run.mode}/val_top5": res["top5"], f"{run.mode}/lr": lr}, epoch)
         logger.write_json(f"{run.mode}.json", {"top1": res["top1"], "top5": res["top5"], "epoch": epoch + 1,
-                                               "best_acc1": best_acc1, "best_epoch": best_epoch,
+                                               "best_acc1": best_acc1, "best_epoch": best_epoch, "loss": res["loss"],
                                                "images": res["images"], "mode": run.mode, "arch": run.arch,
                                                **run.result})
         path = save_classifier(model, optimizer, run, run_dir, epoch + 1, 0, best_acc1, best_epoch, is_best)

@@ -14,15 +14,18 @@ import sys
 import pytest
 import torch
 import torchvision
-from conftest import REPO, run_script, write_image_folder
+from conftest import REPO, free_port, run_script, write_image_folder
+from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
+from clsa.evaluation import eval_transform
 from clsa.linear import (
     backbone_snapshot,
     changed_backbone_tensors,
     finetune_model,
     linear_model,
     train_classifier_epoch,
+    validate,
 )
 from data_processing.subsets import label_subset
 
@@ -144,6 +147,26 @@ def test_resume_after_sigterm_ends_like_an_uninterrupted_run(data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
     results = [json.load(open(os.path.join(f, "finetune.json"))) for f in folders]
     assert results[0]["top1"] == results[1]["top1"] and results[1]["init"] == "random"
+
+
+def test_two_processes_validate_the_model_rank_0_saves(data, tmp_path):
+    """mp.spawn, 2 CPU processes, BN in train mode: each rank updates its own BN statistics, so rank 0's are given to
+    every rank before validating. The 2-process validation then equals a 1-process validation of the saved
+    checkpoint, loss included, and counts each validation image once."""
+    log = str(tmp_path / "log")
+    r = run_script(["finetune.py", "--data", data, "--random-init", "--cpu-procs", "2", "--dist-url",
+                    f"tcp://127.0.0.1:{free_port()}", "--epochs", "1", "--seed", "0", "--log_path", log, *TINY])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 process(es) on cpu" in r.stdout and "batch 2 per process (global 4)" in r.stdout
+    folder = run_dir(log)
+    two = json.load(open(os.path.join(folder, "finetune.json")))
+    assert two["images"] == 4 and two["global_batch"] == 4
+    model = finetune_model("resnet18", 2)
+    state = load(os.path.join(folder, "checkpoint_last.pth.tar"))["state_dict"]
+    model.load_state_dict({k[len("module."):]: v for k, v in state.items()})
+    val = ImageFolder(os.path.join(data, "val"), transform=eval_transform(32, 32))
+    one = validate(model, DataLoader(val, batch_size=4), torch.device("cpu"), 10, lambda s: None)
+    assert (one["top1"], one["images"]) == (two["top1"], 4) and one["loss"] == pytest.approx(two["loss"], rel=1e-5)
 
 
 def test_help_shows_every_flag_and_the_protocol(capsys):
