@@ -157,8 +157,10 @@ def test_interrupted_checkpoint_write_keeps_previous_file(tmp_path, monkeypatch)
     assert os.listdir(tmp_path) == ["checkpoint_last.pth.tar"]
 
 
-@pytest.mark.parametrize("checks", ["sync", "deferred"])  # deferred: found one iteration late, the update undone; --lr 1e38 (finite) overflows the weights
+@pytest.mark.parametrize("checks", ["sync", "deferred"])  # deferred: found one iteration late
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(image_folder, tmp_path, checks):
+    """--lr 1e38 (finite: --lr inf is refused at start) overflows the weights; deferred checks find it one
+    iteration late and undo the update."""
     run_dir = str(tmp_path / "nan")
     common = ["--data", image_folder, *SMALL, "--batch_size", "8", "--moco_k", "16", "--workers", "0",
               "--run_dir", run_dir, "--step_checks", checks]
