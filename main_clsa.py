@@ -148,10 +148,8 @@ def train_worker(ctx: DistContext, args: argparse.Namespace, lock: RunLock) -> N
     seed_everything(args.seed, ctx.rank, deterministic=args.seed is not None)
     batch = args.batch_size // ctx.local_world_size  # checked in main() (launch's check)
     plan = view_plan(args)
-    if args.views == "gpu":
-        make_views = DeviceViews(BatchViews(plan), ctx.device, args.seed, ctx.rank, args.strict_data)
-    else:
-        make_views = None
+    make_views = (DeviceViews(BatchViews(plan), ctx.device, args.seed, ctx.rank, args.strict_data)
+                  if args.views == "gpu" else None)  # --views gpu: built on the device from the file bytes
     loader = build_loader(args, ctx, batch, None if make_views else MultiViewTransform(plan))
     objective = Objective(args.moco_t, args.clsa_t, args.alpha, args.strong_loss)
     model = CLSA(args.arch, args.moco_dim, args.moco_k, args.moco_m, bool(args.mlp), bool(args.sym),

@@ -192,7 +192,7 @@ def write_list(tmp_path, lines: list[str]) -> str:
     ("fraction 1.5", "--label-fraction must be in (0, 1], got 1.5"),
     ("both", "--train-subset and --label-fraction are two ways"),
     ("unknown files", "data/train' (first: class0/99.jpg, a.jpg, b.jpg)"),
-    ("empty class", "1 of 3 classes have no image in"),
+    ("empty class", "train/class2 holds no images"),
     ("nesterov", "--nesterov 1 needs --momentum > 0"),
     ("no encoder", "pass --pretrained CHECKPOINT to fine-tune an encoder, or --random-init"),
 ])

@@ -132,8 +132,9 @@ def test_a_decompression_bomb_is_skipped_in_the_worker_with_views_gpu(bombed):
 
 def test_strict_data_stops_at_a_bomb_with_one_line(bombed, tmp_path):
     root, bomb = bombed
-    r = run_script(["main_clsa.py", "--data", root, *CPU_OVERRIDES, *TINY_CROPS, "--batch_size", "4",
-                    "--moco_k", "16", "--strict_data", "--run_dir", str(tmp_path / "run")])
+    # one batch of all 7 images, so the bomb is read whatever the (unseeded) order
+    r = run_script(["main_clsa.py", "--data", root, *CPU_OVERRIDES, *TINY_CROPS, "--batch_size", "7",
+                    "--moco_k", "14", "--strict_data", "--run_dir", str(tmp_path / "run")])
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(err) == 1, r.stdout + r.stderr
     assert err[0].startswith(f"main_clsa.py: error: unreadable image {bomb}: ") and "--strict_data" in err[0]

@@ -54,7 +54,8 @@ def no_launch(monkeypatch):
 
 @pytest.mark.parametrize("flag,value", MAIN_CASES)
 def test_main_clsa_refuses(flag, value, image_folder, tmp_path, capsys, no_launch):
-    argv = ["--data", image_folder, *CPU_OVERRIDES, *TINY_CROPS, "--log_path", str(tmp_path / "log"), flag, value]
+    # flag=value: argparse reads a separate "-1e-4" as an option, not a number
+    argv = ["--data", image_folder, *CPU_OVERRIDES, *TINY_CROPS, "--log_path", str(tmp_path / "log"), f"{flag}={value}"]
     line = _refused(capsys, lambda: main_clsa.main(argv), "main_clsa.py", flag)
     assert float(line.rsplit("got ", 1)[1]) == pytest.approx(float(value), nan_ok=True)
     assert not os.path.exists(tmp_path / "log")
