@@ -119,8 +119,8 @@ def _reference_strong_infonce(weak, strong, keys, queue, offset, T, alpha):
 
 @pytest.mark.parametrize("n_weak,n_strong,offset", [(1, 1, 0), (2, 3, 8)])
 def test_strong_infonce_matches_per_view_loop_and_gradients(n_weak, n_strong, offset):
-    """A mutation that drops alpha, uses T2 for the strong terms, gives the strong views the wrong positive or
-    detaches them fails here (values or gradients)."""
+    """Mutations that fail here (each tried): dropping alpha, giving the strong views the wrong positives,
+    detaching the strong views' logits (values or gradients)."""
     torch.manual_seed(3)
     n, d, world, K = 4, 8, 3, 16
     weak = [F.normalize(torch.randn(n, d), dim=1).requires_grad_() for _ in range(n_weak)]
