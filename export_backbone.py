@@ -7,7 +7,8 @@ OUT holds f_q without its projection head (`encoder_q.fc*`), with torchvision's 
 `torchvision.models.<arch>()` and `timm.create_model("<arch>")` load it with only `fc.weight` and `fc.bias`
 missing. Beside it, OUT.json is a model card: arch, epochs, the pretraining flags and the source's sha256.
 lincls.py, VOC_CLF/main.py and detection/convert-pretrain-to-detectron2.py accept OUT as --pretrained / IN.
-The checkpoint is read weights-only (see clsa/checkpoint.py); exit code 2 with one line for a refused input.
+The checkpoint is read weights-only (see clsa/checkpoint.py); exit code 2 with one line for a refused input, or
+an OUT (or OUT.json) that is an existing folder or CHECKPOINT itself.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from clsa.checkpoint import atomic_save, atomic_write
 from clsa.pretrained import FC_KEYS, encoder_state, read_state_dict
 from ops.argparser import RESNET_ARCHS, add_trust_flag
 from ops.errors import UsageError, exit_usage
+from ops.validate import check_output_file
 
 PROG = "export_backbone.py"
 FORMATS = (".safetensors", ".pth")
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = os.path.dirname(os.path.abspath(args.out))
         if not os.path.isdir(folder):
             raise UsageError(f"OUT {args.out!r}: the folder {folder} does not exist")
+        for out in (args.out, args.out + ".json"):
+            check_output_file(out, "OUT", {"CHECKPOINT": args.checkpoint})
         weights, meta = export_state(args.checkpoint, args.arch, args.trust_checkpoint)
     except UsageError as err:
         exit_usage(PROG, err)

@@ -2,11 +2,12 @@
 read safely, the prefix rules (`module.`, `module.encoder_q.`) every reader uses, and save/resume of a run for both
 trainers (`save_run_state` / `restore_run_state`, files `checkpoint_last.pth.tar` and `model_best.pth.tar`).
 
-Every file is read with `torch.load(weights_only=True)`: tensors, dicts, lists, tuples, numbers and strings, nothing
-that unpickling could turn into code. Only the numpy types of the previous format's RNG state are allowed on top,
-so those checkpoints still resume. A file that needs more is refused with one line (`UsageError`, exit code 2)
-unless the user passes TRUST_FLAG for a file they trust. What we save is plain data (RNG states as tensors and
-lists, `args` as a dict), so a plain `torch.load(path)` opens it on any current torch.
+Every file is read with `torch.load(weights_only=True)` and nothing allowed on top: tensors, dicts, lists, tuples,
+numbers and strings, nothing that unpickling could turn into code or memory. A file that needs more (also the
+earlier format of this project, with numpy RNG state) is refused with one line (`UsageError`, exit code 2) unless
+the user passes TRUST_FLAG for a file they trust; `upgrade_checkpoint.py` rewrites such a file once as plain data.
+What we save is plain data (RNG states as tensors and lists, `args` as a dict), so a plain `torch.load(path)` opens
+it on any current torch.
 """
 
 from __future__ import annotations
@@ -29,25 +30,15 @@ from ops.errors import UsageError
 
 PREFIX = "module."  # DDP's; our checkpoints keep it, as the 2021 ones do
 QUERY_PREFIXES = ("module.encoder_q.", "encoder_q.")  # f_q in a CLSA / MoCo pretraining checkpoint
-
-
-def _numpy_rng_globals() -> list[tuple[Any, str]]:
-    """(object, pickled name) of each global np.random.get_state() pickles to, under numpy 2 and numpy 1 names:
-    exactly what a checkpoint of the previous format needs beyond plain data."""
-    reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
-    return [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype"),
-            (type(np.dtype(np.uint32)), "numpy.dtypes.UInt32DType"),
-            (reconstruct, "numpy._core.multiarray._reconstruct"), (reconstruct, "numpy.core.multiarray._reconstruct")]
+UPGRADE = "python3 upgrade_checkpoint.py IN OUT " + TRUST_FLAG  # rewrites an earlier-format file as plain data
 
 
 def _unsafe_globals(path: str) -> list[str]:
-    """The globals of `path` that weights-only loading refuses, beyond the numpy RNG allowance."""
+    """The globals of `path` that weights-only loading refuses ([] for a legacy or damaged file)."""
     try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # noqa: BLE001 - a legacy or damaged file: nothing to name
         return []
-    allowed = {name for _, name in _numpy_rng_globals()}
-    return [n for n in names if n not in allowed]
 
 
 def load_file(path: str, flag: str, trust: bool = False) -> Any:
@@ -70,16 +61,17 @@ def load_file(path: str, flag: str, trust: bool = False) -> Any:
         except Exception as err:  # noqa: BLE001
             raise UsageError(f"{flag} {path!r} is not a readable checkpoint ({type(err).__name__}: {err})") from None
     try:
-        with torch.serialization.safe_globals(_numpy_rng_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         names = _unsafe_globals(path)
         if not names:
             raise UsageError(f"{flag} {path!r} is not a readable checkpoint (it does not unpickle as plain data)"
                              ) from None
+        earlier = (f" (numpy objects: a checkpoint of this project's earlier format is rewritten once as plain data "
+                   f"by `{UPGRADE}`)" if any(n.startswith("numpy.") for n in names) else "")
         raise UsageError(f"{flag} {path!r} refused: it holds objects that are not plain data "
                          f"({', '.join(names[:5])}), and unpickling them could run code; re-save the tensors you "
-                         f"need, or pass {TRUST_FLAG} if you trust the file's source") from None
+                         f"need, or pass {TRUST_FLAG} if you trust the file's source{earlier}") from None
     except Exception as err:  # noqa: BLE001 - any other failure means "not a checkpoint"
         raise UsageError(f"{flag} {path!r} is not a readable checkpoint ({type(err).__name__}: {err})") from None
 

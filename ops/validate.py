@@ -63,6 +63,21 @@ def check_resume(path: str, flag: str = "--resume") -> None:
         raise UsageError(f"{flag} {path!r}: no such checkpoint file")
 
 
+def check_output_file(out: str, flag: str, inputs: dict[str, str]) -> None:
+    """Refuse an output path that is an existing folder, lies in no folder, or is the same file as one of `inputs`
+    ({flag: path}), also through a symbolic or hard link: writing it would replace the input."""
+    if os.path.isdir(out):
+        raise UsageError(f"{flag} {out!r} is an existing folder; give the path of a file to write")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{flag} {out!r}: the folder {folder} does not exist")
+    for name, path in inputs.items():
+        if os.path.exists(out) and os.path.exists(path) and os.path.samefile(out, path):
+            link = "" if os.path.abspath(out) == os.path.abspath(path) else " (through a link)"
+            raise UsageError(f"{flag} {out!r} is the same file as {name} {path!r}{link}; writing it would replace "
+                             f"the input: choose another {flag}")
+
+
 def check_views(args: argparse.Namespace) -> int:
     """Validate the crop lists and pick indices; return the number of crops n = sum(nmb_crops)."""
     lists = {"--nmb_crops": args.nmb_crops, "--size_crops": args.size_crops,
