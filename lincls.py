@@ -112,12 +112,8 @@ def resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, args
         if is_pretraining_state(ckpt["state_dict"]):
             raise UsageError(f"--resume {args.resume!r} is a pretraining checkpoint; pass it as --pretrained")
 
-    try:
-        ckpt = restore_run_state(args.resume, model, optimizer, args.trust_checkpoint, check, restore_rng=False)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise UsageError(f"--resume {args.resume!r} does not fit --arch {args.arch} and these classes "
-                         f"({first})") from None
+    ckpt = restore_run_state(args.resume, model, optimizer, args.trust_checkpoint, check, restore_rng=False,
+                             fits=f"--arch {args.arch} and these classes")
     args.start_epoch = int(ckpt.get("epoch", 0))
     logger.info(f"=> loaded checkpoint '{args.resume}' (epoch {args.start_epoch})")
     return best_acc_value(ckpt)

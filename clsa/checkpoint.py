@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from clsa.distributed import barrier, gather_objects, get_rank, get_world_size, is_main_process, unwrap
+from clsa.distributed import broadcast_object, gather_objects, get_rank, get_world_size, is_main_process, unwrap
 from ops.argparser import TRUST_FLAG
 from ops.errors import UsageError
 
@@ -93,7 +93,7 @@ def load_prefixed_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -
 
 def is_pretraining_state(state: dict[str, Any]) -> bool:
     """Whether a state dict is a pretraining checkpoint's (it holds the query encoder f_q)."""
-    return any(k.startswith(QUERY_PREFIXES) for k in state)
+    return any(isinstance(k, str) and k.startswith(QUERY_PREFIXES) for k in state)
 
 
 def backbone_state(state: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -176,50 +176,78 @@ LAST = "checkpoint_last.pth.tar"  # both trainers' latest state (lincls.py wrote
 BEST = "model_best.pth.tar"
 
 
+class CheckpointWriteError(UsageError):
+    """A checkpoint file could not be written (e.g. a full disk); the message names it and the complete one kept."""
+
+
+def _write(path: str, write: Callable[[], None], kept: str) -> None:
+    try:
+        write()
+    except OSError as err:
+        raise CheckpointWriteError(f"could not write {path} ({err.strerror or err}); {kept}") from None
+
+
 def save_epoch_checkpoints(state: dict[str, Any], run_dir: str, epoch: int, is_best: bool, save_freq: int) -> str:
     """Write checkpoint_last (always), checkpoint_{epoch:04d} (every `save_freq`-th epoch, as the 2021 code's
-    epoch % 10 == 9) and model_best (when `is_best`). `epoch` is the 0-based epoch just finished."""
+    epoch % 10 == 9) and model_best (when `is_best`). `epoch` is the 0-based epoch just finished. A failed write
+    raises CheckpointWriteError; every file is replaced atomically, so the one before it stays complete."""
     last = os.path.join(run_dir, LAST)
-    atomic_save(state, last)
-    if save_freq > 0 and epoch % save_freq == save_freq - 1:
-        atomic_copy(last, os.path.join(run_dir, f"checkpoint_{epoch:04d}.pth.tar"))
-    if is_best:
-        atomic_copy(last, os.path.join(run_dir, BEST))
+    kept = f"the previous checkpoint {last} is intact" if os.path.isfile(last) else f"no checkpoint in {run_dir} yet"
+    _write(last, lambda: atomic_save(state, last), kept)
+    copies = [f"checkpoint_{epoch:04d}.pth.tar"] if save_freq > 0 and epoch % save_freq == save_freq - 1 else []
+    for copy in [os.path.join(run_dir, name) for name in copies + ([BEST] if is_best else [])]:
+        _write(copy, lambda copy=copy: atomic_copy(last, copy), f"{last} is complete and holds this epoch")
     return last
 
 
 def save_run_state(state: dict[str, Any], run_dir: str, done_epoch: int, is_best: bool = False, save_freq: int = 0
                    ) -> str:
     """Called by every process: adds each process's RNG state (`rng`, in rank order), rank 0 writes the files of
-    save_epoch_checkpoints, and nobody returns before they are complete. Returns checkpoint_last's path."""
+    save_epoch_checkpoints, and nobody returns before they are complete. When rank 0 could not write them, every
+    process raises its CheckpointWriteError. Returns checkpoint_last's path."""
     state = dict(state, rng=gather_objects(rng_state()))
+    failed = None
     if is_main_process():
-        save_epoch_checkpoints(state, run_dir, done_epoch, is_best, save_freq)
-    barrier()
+        try:
+            save_epoch_checkpoints(state, run_dir, done_epoch, is_best, save_freq)
+        except CheckpointWriteError as err:
+            failed = str(err)
+    failed = broadcast_object(failed)  # also the barrier: rank 0 sends once the files are complete
+    if failed:
+        raise CheckpointWriteError(failed)
     return os.path.join(run_dir, LAST)
 
 
 def restore_run_state(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None, trust: bool = False,
-                      check: Callable[[dict[str, Any]], None] | None = None, restore_rng: bool = True
-                      ) -> dict[str, Any]:
+                      check: Callable[[dict[str, Any]], None] | None = None, restore_rng: bool = True,
+                      fits: str = "this run's model") -> dict[str, Any]:
     """Load a trainer's checkpoint (--resume) into `model` and `optimizer` after `check(ckpt)` accepts it; with
-    `restore_rng`, this process gets back its own RNG state when the run had as many processes. Returns it."""
+    `restore_rng`, this process gets back its own RNG state when the run had as many processes. Returns it.
+
+    A readable file whose tensors, optimizer state or RNG states do not fit is refused with one line (UsageError)
+    saying that it does not fit `fits`, with torch's reason."""
     ckpt = load_checkpoint(path, "--resume", trust)
     if check is not None:
         check(ckpt)
-    load_prefixed_state_dict(model, ckpt["state_dict"])
-    if optimizer is not None and "optimizer" in ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    rngs = ckpt.get("rng")
-    if restore_rng and isinstance(rngs, list) and len(rngs) == get_world_size():
-        set_rng_state(rngs[get_rank()])
+    try:
+        load_prefixed_state_dict(model, ckpt["state_dict"])
+        if optimizer is not None and "optimizer" in ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        rngs = ckpt.get("rng")
+        if restore_rng and isinstance(rngs, list) and len(rngs) == get_world_size():
+            set_rng_state(rngs[get_rank()])
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as err:
+        reason = " ".join(f"{type(err).__name__}: {err}".split())  # torch's message on one line, its start
+        raise UsageError(f"--resume {path!r} does not fit {fits} ({reason[:300]})") from None
     return ckpt
 
 
 def load_checkpoint(path: str, flag: str = "--resume", trust: bool = False) -> dict[str, Any]:
     """Read a training checkpoint safely (see load_file); one without `state_dict` is refused with one line."""
     ckpt = load_file(path, flag, trust)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UsageError(f"{flag} {path!r} holds no 'state_dict'; expected a main_clsa.py checkpoint")
     return ckpt
 
@@ -234,15 +262,27 @@ COMPAT_FIELDS = ("arch", "moco_dim", "moco_k", "mlp", "sym", "strong_loss")
 
 
 def check_compatible(ckpt: dict[str, Any], args: Any, path: str) -> None:
-    """Refuse a checkpoint from another kind of run, naming every differing field.
+    """Refuse a checkpoint that is not a pretraining run's position (query encoder, epoch, iteration, best_acc) or
+    comes from another kind of run, naming every differing field.
 
     Checkpoints with `args` (ours) are compared field by field; older ones (2021 code, MoCo) by arch and queue shape.
     """
-    saved = ckpt.get("args") or {}
+    if not is_pretraining_state(ckpt["state_dict"]):
+        raise UsageError(f"--resume {path!r} is not a pretraining checkpoint (no 'module.encoder_q.*' keys; a "
+                         "lincls.py checkpoint resumes with lincls.py --resume)")
+    for key, value in (("epoch", ckpt.get("epoch")), ("iteration", ckpt.get("iteration", 0))):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise UsageError(f"--resume {path!r}: its '{key}' is {value!r}, not a count; expected a main_clsa.py "
+                             "checkpoint")
+    try:
+        best_acc_value(ckpt)
+    except (TypeError, ValueError, RuntimeError):
+        raise UsageError(f"--resume {path!r}: its 'best_acc' is not a number") from None
+    saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
     if not saved:
         saved = {"arch": ckpt.get("arch", args.arch)}
         queue = ckpt["state_dict"].get(PREFIX + "queue")
-        if queue is not None:
+        if torch.is_tensor(queue) and queue.dim() == 2:
             saved.update(moco_dim=queue.shape[0], moco_k=queue.shape[1])
     diffs = [f"{k}={saved[k]!r} (this run: {getattr(args, k)!r})" for k in COMPAT_FIELDS
              if k in saved and saved[k] != getattr(args, k)]

@@ -13,7 +13,14 @@ from collections.abc import Sequence
 
 from ops.argparser import RESNET_ARCHS, add_launch_flags, add_trust_flag
 from ops.errors import UsageError
-from ops.validate import check_arch, check_at_least, check_image_folder, check_resume, resolve_fashion_mnist
+from ops.validate import (
+    check_arch,
+    check_at_least,
+    check_image_folder,
+    check_output_dir,
+    check_resume,
+    resolve_fashion_mnist,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +93,9 @@ def check_lincls_args(args: argparse.Namespace) -> None:
     if args.pretrained and not os.path.isfile(args.pretrained):
         raise UsageError(f"--pretrained {args.pretrained!r}: no such checkpoint file")
     check_resume(args.resume)
+    if not args.resume:  # --resume FILE continues in FILE's folder
+        check_output_dir(args.save_path or ".", "--save_path")
+        check_output_dir(os.path.join(args.save_path, args.log_path), "--log_path")
     if args.dataset.lower() == "fashionmnist":
         args.data = resolve_fashion_mnist(args.data, image_folder_wins=args.knn)  # --knn: see clsa.knn.KNNMonitor
         return

@@ -78,6 +78,16 @@ def check_output_file(out: str, flag: str, inputs: dict[str, str]) -> None:
                              f"the input: choose another {flag}")
 
 
+def check_output_dir(path: str, flag: str) -> None:
+    """Refuse a folder to write in when it, or the nearest part of it that exists, is not a folder."""
+    part = os.path.abspath(path)
+    while not os.path.lexists(part):
+        part = os.path.dirname(part)
+    if not os.path.isdir(part):
+        where = "is" if part == os.path.abspath(path) else f"lies under {part!r}, which is"
+        raise UsageError(f"{flag} {path!r} {where} a file, not a folder; give a folder to write the run in")
+
+
 def check_views(args: argparse.Namespace) -> int:
     """Validate the crop lists and pick indices; return the number of crops n = sum(nmb_crops)."""
     lists = {"--nmb_crops": args.nmb_crops, "--size_crops": args.size_crops,
@@ -122,6 +132,10 @@ def check_pretrain_args(args: argparse.Namespace) -> None:
     if args.sym not in (0, 1):
         raise UsageError(f"--sym must be 0 or 1, got {args.sym}")
     check_resume(args.resume)
+    if args.run_dir:
+        check_output_dir(args.run_dir, "--run_dir")
+    elif not args.resume:  # --resume FILE continues in FILE's folder
+        check_output_dir(args.log_path, "--log_path")
     if args.compile:
         check_compiler()
     if args.resume == "auto" and not args.run_dir:
