@@ -130,13 +130,8 @@ def resume(model: Module, optimizer: torch.optim.Optimizer | None, args: argpars
         if check is not None:
             check(ckpt)
 
-    try:
-        ckpt = restore_run_state(args.resume, model, optimizer if mode else None, args.trust_checkpoint, checks,
-                                 restore_rng=False)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise UsageError(f"--resume {args.resume!r} does not fit --arch {args.arch} and these classes "
-                         f"({first})") from None
+    ckpt = restore_run_state(args.resume, model, optimizer if mode else None, args.trust_checkpoint, checks,
+                             restore_rng=False, fits=f"--arch {args.arch} and these classes")
     args.start_epoch = int(ckpt.get("epoch", 0))
     iteration = int(ckpt.get("iteration", 0))
     logger.info(f"=> loaded checkpoint '{args.resume}' (epoch {args.start_epoch}"

@@ -6,10 +6,16 @@
 Without a GPU the same command trains on CPU (gloo); `--cpu_procs N` spawns N CPU processes.
 Exit codes: 0 done, 2 bad input, 3 non-finite loss, 69 lost contact with a peer process (another node or process
 died or stopped answering within --dist_timeout; rerun with --resume auto), 75 preempted (SIGTERM/SIGUSR1; rerun
-with --resume), 130 interrupted (SIGINT). A checkpoint is written before 75 and 130.
+with --resume), 130 interrupted (SIGINT). A checkpoint is written before 75 and 130; a signal that comes before the
+training loop's handler exists (during the imports and checks) exits 75 / 130 at once with one line: nothing to save.
 """
 
 from __future__ import annotations
+
+from ops.stop_signals import exit_on_stop_signals
+
+if __name__ in ("__main__", "__mp_main__"):  # first of all, before torch's slow import (spawned workers too)
+    exit_on_stop_signals("main_clsa.py")
 
 import argparse
 import dataclasses
