@@ -18,6 +18,49 @@ from ops.ranges import check_ranges
 from ops.validate import check_arch, check_image_folder, check_output_dir, check_resume, resolve_fashion_mnist
 
 
+def add_data_flags(p: argparse.ArgumentParser, pretrained_help: str, run_kind: str) -> argparse._ArgumentGroup:
+    """--data, --dataset, -a, -j, --pretrained, --log_path, --save_path (run dir <save_path>/<log_path>/<run_kind>)."""
+    g = p.add_argument_group("data, model and run directory")
+    g.add_argument("--data", type=str, default="",
+                   help="root with train/ and val/ class folders (FashionMNIST: the folder of its IDX files)")
+    g.add_argument("--dataset", type=str, default="ImageNet",
+                   help="ImageNet (any ImageFolder root) or FashionMNIST")
+    g.add_argument("-a", "--arch", type=str, default="resnet50", help="backbone: " + ", ".join(RESNET_ARCHS))
+    g.add_argument("-j", "--workers", type=int, default=32, help="data-loader workers per node")
+    g.add_argument("--pretrained", type=str, default="", help=pretrained_help)
+    g.add_argument("--log_path", type=str, default="train_log", help="run directory component")
+    g.add_argument("--save_path", type=str, default="",
+                   help=f"run directory base: <save_path>/<log_path>/{run_kind}/<stamp>")
+    return g
+
+
+def add_optimisation_flags(p: argparse.ArgumentParser, title: str, epochs: int | None, epochs_help: str,
+                           batch: int, lr: float, lr_help: str, final_lr: float, resume_help: str
+                           ) -> argparse._ArgumentGroup:
+    """Epochs, batch, SGD and its per-epoch schedule, printing, --resume and --seed, with the given defaults."""
+    g = p.add_argument_group(title)
+    g.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
+    g.add_argument("--start-epoch", type=int, default=0, help="first epoch (overwritten by --resume)")
+    g.add_argument("-b", "--batch-size", type=int, default=batch, help="batch size per node (split across processes)")
+    g.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=lr, help=lr_help)
+    g.add_argument("--schedule", type=int, nargs="*", default=[15, 25, 30],
+                   help="with --cos 0: multiply the lr by 0.1 at these epochs")
+    g.add_argument("--cos", type=int, default=1,
+                   help="1: lr(e) = final_lr + (1 + cos(pi e/E))/2 (lr - final_lr) per epoch; 0: --schedule steps")
+    g.add_argument("--final_lr", type=float, default=final_lr, help="floor of the cosine schedule")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=0.0, help="SGD weight decay")
+    g.add_argument("-p", "--print-freq", type=int, default=10, help="print every N iterations")
+    g.add_argument("--resume", type=str, default="", help=resume_help)
+    return g
+
+
+def add_crop_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--train-crop", type=int, default=224, help="RandomResizedCrop size for training")
+    g.add_argument("--val-resize", type=int, default=256, help="Resize (shorter side) before the centre crop")
+    g.add_argument("--val-crop", type=int, default=224, help="CenterCrop size for validation (and lincls.py --knn)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lincls.py",
