@@ -43,7 +43,7 @@ from clsa.losses import Objective
 from data_processing.datasets import build_dataset
 from data_processing.device_views import DeviceViews, EncodedImages, collate_encoded, read_file_bytes
 from data_processing.gpu_views import BatchViews
-from data_processing.sampling import EpochSampler, RobustViews, UnreadableImage
+from data_processing.sampling import EpochSampler, RobustViews, UnreadableImage, shutdown_loader_workers
 from data_processing.transforms import MultiViewTransform
 from data_processing.view_plan import ViewPlan, expand_crops
 from ops.argparser import parse_args
@@ -194,16 +194,6 @@ def train_worker(ctx: DistContext, args: argparse.Namespace, lock: RunLock) -> N
     finally:
         shutdown_loader_workers(loader)
         logger.close()
-
-
-def shutdown_loader_workers(loader: DataLoader) -> None:
-    """Stop the persistent loader workers now. Left to interpreter exit (a SystemExit whose traceback keeps the loader
-    alive), multiprocessing would terminate them with SIGTERM, which they ignore (ops.environment), and wait forever:
-    a 4-process run hung after its SIGTERM checkpoint that way."""
-    iterator = getattr(loader, "_iterator", None)
-    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-        iterator._shutdown_workers()
-    loader._iterator = None
 
 
 def view_plan(args: argparse.Namespace) -> ViewPlan:
