@@ -24,7 +24,7 @@ import torch
 from clsa.builder import backbone
 from clsa.checkpoint import atomic_save, atomic_write
 from clsa.pretrained import FC_KEYS, encoder_state, read_state_dict
-from ops.argparser import RESNET_ARCHS, add_trust_flag
+from ops.argparser import RESNET_ARCHS, add_trust_flag, naming_flag
 from ops.errors import UsageError, exit_usage
 from ops.validate import check_output_file
 
@@ -55,7 +55,8 @@ def export_state(path: str, arch: str = "", trust: bool = False) -> tuple[dict[s
 
     The state dict is checked against torchvision's `arch`: it must cover every key but fc.weight and fc.bias.
     """
-    state, meta = read_state_dict(path, "CHECKPOINT", trust)
+    with naming_flag("CHECKPOINT"):
+        state, meta = read_state_dict(path, trust)
     weights, source = encoder_state(state)
     if source != "pretraining":
         raise UsageError(f"CHECKPOINT {path!r} holds no query encoder ('module.encoder_q.*' keys); expected a "

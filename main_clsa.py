@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from clsa.builder import CLSA
 from clsa.checkpoint import (
+    COMPAT_FIELDS,
     LAST,
     auto_resume_path,
     best_acc_value,
@@ -46,7 +47,7 @@ from data_processing.gpu_views import BatchViews
 from data_processing.sampling import EpochSampler, RobustViews, UnreadableImage, shutdown_loader_workers
 from data_processing.transforms import MultiViewTransform
 from data_processing.view_plan import ViewPlan, expand_crops
-from ops.argparser import parse_args
+from ops.argparser import naming_flag, parse_args
 from ops.environment import keep_freed_memory, loader_worker_init, seed_everything
 from ops.errors import UsageError, exit_usage
 from ops.launch import DistContext, launch
@@ -98,8 +99,10 @@ def resume(args: argparse.Namespace, model: CLSA, optimizer: torch.optim.Optimiz
     path = auto_resume_path(args.run_dir) if args.resume == "auto" else args.resume
     if not path:
         return {"path": "", "epoch": args.start_epoch, "iteration": 0, "best_acc": float("-inf")}
-    ckpt = restore_run_state(path, model, optimizer, args.trust_checkpoint,
-                             check=lambda c: check_compatible(c, args, path))
+    run = {k: getattr(args, k) for k in COMPAT_FIELDS}
+    with naming_flag("--resume"):
+        ckpt = restore_run_state(path, model, optimizer, args.trust_checkpoint,
+                                 check=lambda c: check_compatible(c, run, path))
     return {"path": path, "epoch": int(ckpt["epoch"]), "iteration": int(ckpt.get("iteration", 0)),
             "best_acc": best_acc_value(ckpt)}
 

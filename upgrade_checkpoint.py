@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from clsa.checkpoint import atomic_save, load_file
-from ops.argparser import add_trust_flag
+from ops.argparser import add_trust_flag, naming_flag
 from ops.errors import UsageError, exit_usage
 from ops.validate import check_output_file
 
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         check_output_file(args.output, "OUT", {"IN": args.input})
-        plain = as_plain_data(load_file(args.input, "IN", args.trust_checkpoint))
+        with naming_flag("IN"):
+            plain = as_plain_data(load_file(args.input, args.trust_checkpoint))
     except UsageError as err:
         exit_usage(PROG, err)
     atomic_save(plain, args.output)

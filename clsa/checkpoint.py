@@ -4,8 +4,8 @@ trainers (`save_run_state` / `restore_run_state`, files `checkpoint_last.pth.tar
 
 Every file is read with `torch.load(weights_only=True)` and nothing allowed on top: tensors, dicts, lists, tuples,
 numbers and strings, nothing that unpickling could turn into code or memory. A file that needs more (also the
-earlier format of this project, with numpy RNG state) is refused with one line (`UsageError`, exit code 2) unless
-the user passes TRUST_FLAG for a file they trust; `upgrade_checkpoint.py` rewrites such a file once as plain data.
+earlier format of this project, with numpy RNG state) is refused (`FileProblem`: one line, exit code 2 in the entry
+scripts) unless the caller trusts the file; `upgrade_checkpoint.py` rewrites such a file once as plain data.
 What we save is plain data (RNG states as tensors and lists, `args` as a dict), so a plain `torch.load(path)` opens
 it on any current torch.
 """
@@ -25,12 +25,10 @@ import torch
 import torch.nn as nn
 
 from clsa.distributed import broadcast_object, gather_objects, get_rank, get_world_size, is_main_process, unwrap
-from ops.argparser import TRUST_FLAG
-from ops.errors import UsageError
+from ops.errors import FileProblem, UsageError
 
 PREFIX = "module."  # DDP's; our checkpoints keep it, as the 2021 ones do
 QUERY_PREFIXES = ("module.encoder_q.", "encoder_q.")  # f_q in a CLSA / MoCo pretraining checkpoint
-UPGRADE = "python3 upgrade_checkpoint.py IN OUT " + TRUST_FLAG  # rewrites an earlier-format file as plain data
 
 
 def _unsafe_globals(path: str) -> list[str]:
@@ -41,39 +39,36 @@ def _unsafe_globals(path: str) -> list[str]:
         return []
 
 
-def load_file(path: str, flag: str, trust: bool = False) -> Any:
+def load_file(path: str, trust: bool = False) -> Any:
     """The object stored in `path` (.pth/.pth.tar via torch.load, .safetensors as a dict of tensors), on the CPU.
 
-    Refuses with one line (UsageError): a missing file, an unreadable one, and, unless `trust`, one that holds
-    anything but plain data (naming the Python objects it would have created).
+    Raises FileProblem for a missing file, an unreadable one, and, unless `trust`, one that holds anything but
+    plain data (naming the Python objects it would have created).
     """
     if not os.path.isfile(path):
-        raise UsageError(f"{flag} {path!r}: no such file")
+        raise FileProblem(path, "does not exist")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file as load_safetensors
         try:
             return load_safetensors(path, device="cpu")
         except Exception as err:  # noqa: BLE001 - any parse failure means "not a safetensors file"
-            raise UsageError(f"{flag} {path!r} is not a readable .safetensors file ({type(err).__name__})") from None
+            raise FileProblem(path, f"is not a readable .safetensors file ({type(err).__name__})") from None
     if trust:
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as err:  # noqa: BLE001
-            raise UsageError(f"{flag} {path!r} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+            raise FileProblem(path, f"is not a readable checkpoint ({type(err).__name__}: {err})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         names = _unsafe_globals(path)
         if not names:
-            raise UsageError(f"{flag} {path!r} is not a readable checkpoint (it does not unpickle as plain data)"
-                             ) from None
-        earlier = (f" (numpy objects: a checkpoint of this project's earlier format is rewritten once as plain data "
-                   f"by `{UPGRADE}`)" if any(n.startswith("numpy.") for n in names) else "")
-        raise UsageError(f"{flag} {path!r} refused: it holds objects that are not plain data "
-                         f"({', '.join(names[:5])}), and unpickling them could run code; re-save the tensors you "
-                         f"need, or pass {TRUST_FLAG} if you trust the file's source{earlier}") from None
+            raise FileProblem(path, "is not a readable checkpoint (it does not unpickle as plain data)") from None
+        raise FileProblem(path, f"refused: it holds objects that are not plain data ({', '.join(names[:5])}), and "
+                          "unpickling them could run code", not_plain_data=True,
+                          earlier_format=any(n.startswith("numpy.") for n in names)) from None
     except Exception as err:  # noqa: BLE001 - any other failure means "not a checkpoint"
-        raise UsageError(f"{flag} {path!r} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+        raise FileProblem(path, f"is not a readable checkpoint ({type(err).__name__}: {err})") from None
 
 
 def prefixed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -221,12 +216,12 @@ def save_run_state(state: dict[str, Any], run_dir: str, done_epoch: int, is_best
 def restore_run_state(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None, trust: bool = False,
                       check: Callable[[dict[str, Any]], None] | None = None, restore_rng: bool = True,
                       fits: str = "this run's model") -> dict[str, Any]:
-    """Load a trainer's checkpoint (--resume) into `model` and `optimizer` after `check(ckpt)` accepts it; with
+    """Load a trainer's checkpoint into `model` and `optimizer` after `check(ckpt)` accepts it; with
     `restore_rng`, this process gets back its own RNG state when the run had as many processes. Returns it.
 
-    A readable file whose tensors, optimizer state or RNG states do not fit is refused with one line (UsageError)
-    saying that it does not fit `fits`, with torch's reason."""
-    ckpt = load_checkpoint(path, "--resume", trust)
+    A readable file whose tensors, optimizer state or RNG states do not fit is refused (FileProblem) saying that it
+    does not fit `fits`, with torch's reason."""
+    ckpt = load_checkpoint(path, trust)
     if check is not None:
         check(ckpt)
     try:
@@ -240,15 +235,15 @@ def restore_run_state(path: str, model: nn.Module, optimizer: torch.optim.Optimi
         raise
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as err:
         reason = " ".join(f"{type(err).__name__}: {err}".split())  # torch's message on one line, its start
-        raise UsageError(f"--resume {path!r} does not fit {fits} ({reason[:300]})") from None
+        raise FileProblem(path, f"does not fit {fits} ({reason[:300]})") from None
     return ckpt
 
 
-def load_checkpoint(path: str, flag: str = "--resume", trust: bool = False) -> dict[str, Any]:
-    """Read a training checkpoint safely (see load_file); one without `state_dict` is refused with one line."""
-    ckpt = load_file(path, flag, trust)
+def load_checkpoint(path: str, trust: bool = False) -> dict[str, Any]:
+    """Read a training checkpoint safely (see load_file); one without `state_dict` is a FileProblem."""
+    ckpt = load_file(path, trust)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise UsageError(f"{flag} {path!r} holds no 'state_dict'; expected a main_clsa.py checkpoint")
+        raise FileProblem(path, "holds no 'state_dict'; expected a main_clsa.py checkpoint")
     return ckpt
 
 
@@ -261,33 +256,31 @@ def best_acc_value(ckpt: dict[str, Any]) -> float:
 COMPAT_FIELDS = ("arch", "moco_dim", "moco_k", "mlp", "sym", "strong_loss")
 
 
-def check_compatible(ckpt: dict[str, Any], args: Any, path: str) -> None:
+def check_compatible(ckpt: dict[str, Any], run: dict[str, Any], path: str) -> None:
     """Refuse a checkpoint that is not a pretraining run's position (query encoder, epoch, iteration, best_acc) or
-    comes from another kind of run, naming every differing field.
+    comes from another kind of run than `run` (this run's COMPAT_FIELDS), naming every differing field.
 
     Checkpoints with `args` (ours) are compared field by field; older ones (2021 code, MoCo) by arch and queue shape.
     """
     if not is_pretraining_state(ckpt["state_dict"]):
-        raise UsageError(f"--resume {path!r} is not a pretraining checkpoint (no 'module.encoder_q.*' keys; a "
-                         "lincls.py checkpoint resumes with lincls.py --resume)")
+        raise FileProblem(path, "is not a pretraining checkpoint (no 'module.encoder_q.*' keys; a lincls.py "
+                          "checkpoint resumes with lincls.py)")
     for key, value in (("epoch", ckpt.get("epoch")), ("iteration", ckpt.get("iteration", 0))):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise UsageError(f"--resume {path!r}: its '{key}' is {value!r}, not a count; expected a main_clsa.py "
-                             "checkpoint")
+            raise FileProblem(path, f"has '{key}' = {value!r}, not a count; expected a main_clsa.py checkpoint")
     try:
         best_acc_value(ckpt)
     except (TypeError, ValueError, RuntimeError):
-        raise UsageError(f"--resume {path!r}: its 'best_acc' is not a number") from None
+        raise FileProblem(path, "has a 'best_acc' that is not a number") from None
     saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
     if not saved:
-        saved = {"arch": ckpt.get("arch", args.arch)}
+        saved = {"arch": ckpt.get("arch", run["arch"])}
         queue = ckpt["state_dict"].get(PREFIX + "queue")
         if torch.is_tensor(queue) and queue.dim() == 2:
             saved.update(moco_dim=queue.shape[0], moco_k=queue.shape[1])
-    diffs = [f"{k}={saved[k]!r} (this run: {getattr(args, k)!r})" for k in COMPAT_FIELDS
-             if k in saved and saved[k] != getattr(args, k)]
+    diffs = [f"{k}={saved[k]!r} (this run: {run[k]!r})" for k in COMPAT_FIELDS if k in saved and saved[k] != run[k]]
     if diffs:
-        raise UsageError(f"--resume {path!r} comes from an incompatible run: " + ", ".join(diffs))
+        raise FileProblem(path, "comes from an incompatible run: " + ", ".join(diffs))
 
 
 def auto_resume_path(run_dir: str) -> str:

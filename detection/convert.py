@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from clsa.checkpoint import QUERY_PREFIXES, atomic_write, backbone_state, load_file
+from ops.argparser import naming_flag
 from ops.errors import UsageError
 from ops.validate import check_output_file
 
@@ -51,7 +52,8 @@ def load_checkpoint(path: str, trust: bool = False) -> object:
     """Read ``path`` on the CPU, weights only (clsa.checkpoint.load_file: a file holding anything but tensors and
     plain Python values is refused unless ``trust``); ``.safetensors`` files too. Raises ConversionError."""
     try:
-        return load_file(path, "IN", trust)
+        with naming_flag("IN"):
+            return load_file(path, trust)
     except UsageError as err:
         raise ConversionError(str(err)) from None
 

@@ -234,7 +234,7 @@ def test_export_loads_into_torchvision_and_timm(r50, tmp_path, fmt):
     assert card["arch"] == "resnet50" and card["epochs"] == 1 and card["pretraining_flags"]["moco_k"] == 64
     import hashlib
     assert card["source_sha256"] == hashlib.sha256(open(r50, "rb").read()).hexdigest()
-    weights = load_file(out, "OUT")
+    weights = load_file(out)
     if fmt == "pth":
         assert torch.load(out, weights_only=True).keys() == weights.keys()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))

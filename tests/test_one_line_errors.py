@@ -50,7 +50,7 @@ def test_resume_of_a_checkpoint_that_does_not_fit(data, tmp_path):
     encoder_only = pretraining_shaped_checkpoint(str(tmp_path / "encoder_only.pth.tar"))
     no_epoch = str(tmp_path / "no_epoch.pth.tar")
     torch.save({k: v for k, v in torch.load(encoder_only, weights_only=True).items() if k != "epoch"}, no_epoch)
-    cases = {lin: "is not a pretraining checkpoint", no_epoch: "its 'epoch' is None, not a count",
+    cases = {lin: "is not a pretraining checkpoint", no_epoch: "has 'epoch' = None, not a count",
              encoder_only: "does not fit this run's model (RuntimeError: Error(s) in loading state_dict"}
     for path, words in cases.items():
         proc = run_script(["main_clsa.py", "--data", data, *PRETRAIN, "--resume", path,
