@@ -19,7 +19,8 @@ from evaluation_support import SMALL, eval_folder, pretrained_checkpoint, shared
 
 from clsa.builder import CLSA
 from clsa.checkpoint import atomic_copy, atomic_save, load_checkpoint, load_file
-from ops.errors import UsageError
+from ops.argparser import naming_flag
+from ops.errors import FileProblem, UsageError
 
 R50 = ["--arch", "resnet50", "--batch_size", "8", "--moco_k", "64", "--epochs", "1", "--workers", "0",
        "--nmb_crops", "1", "1", "--size_crops", "32", "16", "--min_scale_crops", "0.2", "0.086",
@@ -146,9 +147,14 @@ def test_numpy_objects_are_refused_without_the_trust_flag(shared, tmp_path):
     previous_format(shared["r18"], old)
     crafted = str(tmp_path / "crafted.pth.tar")
     torch.save({"state_dict": {}, "x": np.zeros(2, dtype=[("f", "<i8"), ("g", "<f4")])}, crafted)
-    for path in (old, crafted):
-        with pytest.raises(UsageError, match=r"refused: .*numpy\.dtype.*--trust_checkpoint.*upgrade_checkpoint\.py"):
+    for path in (old, crafted):  # the library names the file and the problem; the entry script adds its flag
+        with pytest.raises(FileProblem, match=r"refused: .*numpy\.dtype") as refused:
             load_checkpoint(path)
+        assert refused.value.not_plain_data and refused.value.earlier_format and "--" not in str(refused.value)
+        with pytest.raises(UsageError, match=r"^--resume '.*' refused: .*numpy\.dtype.*--trust_checkpoint.*"
+                                             r"upgrade_checkpoint\.py IN OUT --trust_checkpoint"):
+            with naming_flag("--resume"):
+                load_checkpoint(path)
     run_dir = str(tmp_path / "run")
     proc = run_script(["main_clsa.py", "--data", shared["data"], *R18, "--resume", old, "--run_dir", run_dir])
     one_line_error(proc, "--resume", "old.pth.tar", "refused", "--trust_checkpoint", "upgrade_checkpoint.py IN OUT")

@@ -17,7 +17,7 @@ import torchvision
 from conftest import CPU_OVERRIDES, REPO, TINY_CROPS, pretraining_shaped_checkpoint, run_script, write_image_folder
 
 from clsa.checkpoint import restore_run_state
-from ops.errors import UsageError
+from ops.errors import FileProblem
 
 PRETRAIN = [*CPU_OVERRIDES, *TINY_CROPS, "--workers", "0", "--seed", "0"]
 LINCLS = ["-a", "resnet18", "-b", "8", "-j", "0", "--train-crop", "32", "--val-resize", "36", "--val-crop", "32"]
@@ -65,7 +65,7 @@ def test_restore_refuses_optimizer_and_rng_states_that_do_not_fit(tmp_path):
            "rng": [{"python": "not a state", "numpy": (), "torch": torch.zeros(1)}]}
     for key, value in bad.items():
         torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}, key: value}, path)
-        with pytest.raises(UsageError, match=r"--resume .* does not fit the model \((ValueError|TypeError)"):
+        with pytest.raises(FileProblem, match=r"^'.*ckpt\.pth\.tar' does not fit the model \((ValueError|TypeError)"):
             restore_run_state(path, model, torch.optim.SGD(model.parameters(), 0.1), fits="the model")
 
 
