@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from clsa.checkpoint import atomic_write
 from experiments import fmnist_data
 from experiments.demo_report import print_table, view_grid, write_figures
 from experiments.demo_sizing import EvalSizes, Plan, fit, fit_eval, steady_rate
@@ -161,10 +162,16 @@ def main(argv: list[str] | None = None) -> int:
                "cpu_count": os.cpu_count(), "smoke": args.smoke,
                "plan": {**vars(plan), "budget_min": args.budget_min, "asked_epochs": asked[0],
                         "asked_images": asked[1] or 60000, "eval": vars(sizes), "asked_eval": vars(asked_eval)}}
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_results(os.path.join(args.out, "results.json"), summary)
     print_table(summary)
     return 0
+
+
+def write_results(path: str, summary: dict) -> None:
+    """results.json, replaced atomically: a demo stopped mid-write (or a summary that fails to serialise) leaves the
+    previous complete file, never half of one."""
+    text = json.dumps(summary, indent=2)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def eval_sizes(args: argparse.Namespace) -> EvalSizes:

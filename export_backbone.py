@@ -7,7 +7,8 @@ OUT holds f_q without its projection head (`encoder_q.fc*`), with torchvision's 
 `torchvision.models.<arch>()` and `timm.create_model("<arch>")` load it with only `fc.weight` and `fc.bias`
 missing. Beside it, OUT.json is a model card: arch, epochs, the pretraining flags and the source's sha256.
 lincls.py, VOC_CLF/main.py and detection/convert-pretrain-to-detectron2.py accept OUT as --pretrained / IN.
-The checkpoint is read weights-only (see clsa/checkpoint.py); exit code 2 with one line for a refused input.
+The checkpoint is read weights-only (see clsa/checkpoint.py); exit code 2 with one line for a refused input, an
+--arch that does not fit it, or an OUT (or OUT.json) that is an existing folder or CHECKPOINT itself.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import torch
 from clsa.builder import backbone
 from clsa.checkpoint import atomic_save, atomic_write
 from clsa.pretrained import FC_KEYS, encoder_state, read_state_dict
-from ops.argparser import RESNET_ARCHS, add_trust_flag
+from ops.argparser import RESNET_ARCHS, add_trust_flag, naming_flag
 from ops.errors import UsageError, exit_usage
+from ops.validate import check_output_file
 
 PROG = "export_backbone.py"
 FORMATS = (".safetensors", ".pth")
@@ -53,21 +55,27 @@ def export_state(path: str, arch: str = "", trust: bool = False) -> tuple[dict[s
 
     The state dict is checked against torchvision's `arch`: it must cover every key but fc.weight and fc.bias.
     """
-    state, meta = read_state_dict(path, "CHECKPOINT", trust)
+    with naming_flag("CHECKPOINT"):
+        state, meta = read_state_dict(path, trust)
     weights, source = encoder_state(state)
     if source != "pretraining":
         raise UsageError(f"CHECKPOINT {path!r} holds no query encoder ('module.encoder_q.*' keys); expected a "
                          "main_clsa.py, 2021 CLSA or MoCo pretraining checkpoint")
-    arch = arch or meta.get("arch") or (meta.get("args") or {}).get("arch") or ""
+    args = meta.get("args") if isinstance(meta.get("args"), dict) else {}
+    recorded = meta.get("arch") or args.get("arch")
+    arch = arch or recorded or ""
     if arch not in RESNET_ARCHS:
         raise UsageError(f"CHECKPOINT {path!r} does not name its arch ({arch!r}); pass --arch, one of: "
                          + ", ".join(RESNET_ARCHS))
     weights = {k: v.contiguous().clone() for k, v in weights.items() if k not in FC_KEYS}
-    result = backbone(arch).load_state_dict(weights, strict=False)
-    if set(result.missing_keys) != FC_KEYS or result.unexpected_keys:
-        bad = sorted(set(result.missing_keys) - FC_KEYS) or sorted(result.unexpected_keys)
-        raise UsageError(f"CHECKPOINT {path!r} does not match torchvision's {arch} (e.g. {', '.join(bad[:3])}); "
-                         "pass the right --arch")
+    model = backbone(arch).state_dict()
+    missing = sorted(set(model) - set(weights) - FC_KEYS)
+    bad = missing or sorted(k for k, v in weights.items() if k not in model or model[k].shape != v.shape)
+    if bad:
+        said = f"; the file records arch {recorded!r}" if recorded and recorded != arch else ""
+        raise UsageError(f"CHECKPOINT {path!r} does not match torchvision's {arch} ({len(bad)} "
+                         f"{'missing' if missing else 'unexpected or differently shaped'} keys, e.g. "
+                         f"{', '.join(bad[:3])}){said}; pass the right --arch")
     return weights, {**meta, "arch": arch}
 
 
@@ -98,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = os.path.dirname(os.path.abspath(args.out))
         if not os.path.isdir(folder):
             raise UsageError(f"OUT {args.out!r}: the folder {folder} does not exist")
+        for out in (args.out, args.out + ".json"):
+            check_output_file(out, "OUT", {"CHECKPOINT": args.checkpoint})
         weights, meta = export_state(args.checkpoint, args.arch, args.trust_checkpoint)
     except UsageError as err:
         exit_usage(PROG, err)

@@ -41,6 +41,7 @@ from clsa.linear import (
 from clsa.pretrained import load_encoder_weights
 from data_processing.datasets import build_dataset, labelled_splits
 from data_processing.transforms import normalize
+from ops.argparser import naming_flag
 from ops.environment import seed_everything
 from ops.errors import UsageError, exit_usage
 from ops.launch import DistContext, launch
@@ -107,7 +108,8 @@ def load_weights(model: Module, args: argparse.Namespace, logger: RunLogger) -> 
             logger.info("=> no --pretrained: the backbone is randomly initialised (a baseline)")
         return
     logger.info(f"=> loading checkpoint '{args.pretrained}'")
-    report = load_encoder_weights(model, args.pretrained, keep_fc=evaluate, trust=args.trust_checkpoint)
+    with naming_flag("--pretrained"):
+        report = load_encoder_weights(model, args.pretrained, keep_fc=evaluate, trust=args.trust_checkpoint)
     if evaluate and not args.resume and not report.fc_loaded:
         raise UsageError(f"-e: --pretrained {args.pretrained!r} has no linear classifier for these classes; "
                          f"evaluate a lincls.py checkpoint (checkpoint_last.pth.tar or model_best.pth.tar)")
@@ -130,13 +132,9 @@ def resume(model: Module, optimizer: torch.optim.Optimizer | None, args: argpars
         if check is not None:
             check(ckpt)
 
-    try:
+    with naming_flag("--resume"):
         ckpt = restore_run_state(args.resume, model, optimizer if mode else None, args.trust_checkpoint, checks,
-                                 restore_rng=False)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise UsageError(f"--resume {args.resume!r} does not fit --arch {args.arch} and these classes "
-                         f"({first})") from None
+                                 restore_rng=False, fits=f"--arch {args.arch} and these classes")
     args.start_epoch = int(ckpt.get("epoch", 0))
     iteration = int(ckpt.get("iteration", 0))
     logger.info(f"=> loaded checkpoint '{args.resume}' (epoch {args.start_epoch}"

@@ -6,10 +6,16 @@
 Without a GPU the same command trains on CPU (gloo); `--cpu_procs N` spawns N CPU processes.
 Exit codes: 0 done, 2 bad input, 3 non-finite loss, 69 lost contact with a peer process (another node or process
 died or stopped answering within --dist_timeout; rerun with --resume auto), 75 preempted (SIGTERM/SIGUSR1; rerun
-with --resume), 130 interrupted (SIGINT). A checkpoint is written before 75 and 130.
+with --resume), 130 interrupted (SIGINT). A checkpoint is written before 75 and 130; a signal that comes before the
+training loop's handler exists (during the imports and checks) exits 75 / 130 at once with one line: nothing to save.
 """
 
 from __future__ import annotations
+
+from ops.stop_signals import exit_on_stop_signals
+
+if __name__ in ("__main__", "__mp_main__"):  # first of all, before torch's slow import (spawned workers too)
+    exit_on_stop_signals("main_clsa.py")
 
 import argparse
 import dataclasses
@@ -22,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from clsa.builder import CLSA
 from clsa.checkpoint import (
+    COMPAT_FIELDS,
     LAST,
     auto_resume_path,
     best_acc_value,
@@ -37,10 +44,10 @@ from clsa.losses import Objective
 from data_processing.datasets import build_dataset
 from data_processing.device_views import DeviceViews, EncodedImages, collate_encoded, read_file_bytes
 from data_processing.gpu_views import BatchViews
-from data_processing.sampling import EpochSampler, RobustViews, UnreadableImage
+from data_processing.sampling import EpochSampler, RobustViews, UnreadableImage, shutdown_loader_workers
 from data_processing.transforms import MultiViewTransform
 from data_processing.view_plan import ViewPlan, expand_crops
-from ops.argparser import parse_args
+from ops.argparser import naming_flag, parse_args
 from ops.environment import keep_freed_memory, loader_worker_init, seed_everything
 from ops.errors import UsageError, exit_usage
 from ops.launch import DistContext, launch
@@ -92,8 +99,10 @@ def resume(args: argparse.Namespace, model: CLSA, optimizer: torch.optim.Optimiz
     path = auto_resume_path(args.run_dir) if args.resume == "auto" else args.resume
     if not path:
         return {"path": "", "epoch": args.start_epoch, "iteration": 0, "best_acc": float("-inf")}
-    ckpt = restore_run_state(path, model, optimizer, args.trust_checkpoint,
-                             check=lambda c: check_compatible(c, args, path))
+    run = {k: getattr(args, k) for k in COMPAT_FIELDS}
+    with naming_flag("--resume"):
+        ckpt = restore_run_state(path, model, optimizer, args.trust_checkpoint,
+                                 check=lambda c: check_compatible(c, run, path))
     return {"path": path, "epoch": int(ckpt["epoch"]), "iteration": int(ckpt.get("iteration", 0)),
             "best_acc": best_acc_value(ckpt)}
 
@@ -188,16 +197,6 @@ def train_worker(ctx: DistContext, args: argparse.Namespace, lock: RunLock) -> N
     finally:
         shutdown_loader_workers(loader)
         logger.close()
-
-
-def shutdown_loader_workers(loader: DataLoader) -> None:
-    """Stop the persistent loader workers now. Left to interpreter exit (a SystemExit whose traceback keeps the loader
-    alive), multiprocessing would terminate them with SIGTERM, which they ignore (ops.environment), and wait forever:
-    a 4-process run hung after its SIGTERM checkpoint that way."""
-    iterator = getattr(loader, "_iterator", None)
-    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-        iterator._shutdown_workers()
-    loader._iterator = None
 
 
 def view_plan(args: argparse.Namespace) -> ViewPlan:

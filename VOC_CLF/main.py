@@ -36,7 +36,7 @@ from clsa.evaluation import eval_transform, extract_features  # noqa: E402
 from clsa.linear import init_head, linear_lr  # noqa: E402
 from clsa.pretrained import load_encoder_weights  # noqa: E402
 from data_processing.transforms import normalize  # noqa: E402
-from ops.argparser import RESNET_ARCHS, add_trust_flag  # noqa: E402
+from ops.argparser import RESNET_ARCHS, add_trust_flag, naming_flag  # noqa: E402
 from ops.environment import use_cuda  # noqa: E402
 from ops.errors import UsageError, exit_usage  # noqa: E402
 from ops.ranges import check_ranges  # noqa: E402
@@ -113,7 +113,8 @@ def build_trunk(args: argparse.Namespace, device: torch.device, log) -> tuple[nn
     """Frozen backbone in eval mode with fc = Identity; returns it and its feature dimension."""
     trunk = backbone(args.arch)
     if args.pretrained:
-        report = load_encoder_weights(trunk, args.pretrained, trust=args.trust_checkpoint)
+        with naming_flag("--pretrained"):
+            report = load_encoder_weights(trunk, args.pretrained, trust=args.trust_checkpoint)
         log(f"=> loaded '{args.pretrained}': {report.describe()}")
     else:
         log("=> no --pretrained: randomly initialised backbone (a baseline)")

@@ -13,10 +13,8 @@ from types import FrameType
 import torch
 
 from clsa.distributed import is_dist
-from ops.environment import STOP_SIGNALS
+from ops.stop_signals import EXIT_PREEMPTED, STOP_SIGNALS, exit_code
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint written, rerun with --resume auto
-EXIT_INTERRUPTED = 130  # SIGINT: checkpoint written, then stopped as the user asked
 EXIT_NONFINITE = 3  # the loss became NaN/inf; the last good checkpoint is kept
 
 
@@ -37,7 +35,8 @@ class StopRequest:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_INTERRUPTED if self.signum == signal.SIGINT else EXIT_PREEMPTED
+        """75 (preempted: checkpoint written, rerun with --resume auto) or 130 (SIGINT: checkpoint written)."""
+        return exit_code(self.signum) if self.signum is not None else EXIT_PREEMPTED
 
     @property
     def name(self) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 # PIL: truncated, empty, not an image, or a decompression bomb (datasets.read_rgb raises ImageTooLarge, an OSError)
 UNREADABLE = (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError)
@@ -93,3 +93,13 @@ class RobustViews(Dataset):
                     raise UnreadableImage(f"unreadable image {self._path(i)}: {err}") from err
                 skipped.append(self._path(i))
         raise RuntimeError(f"100 unreadable images in a row from {self._path(index)}; is the data folder intact?")
+
+
+def shutdown_loader_workers(loader: DataLoader) -> None:
+    """Stop the persistent loader workers now. Left to interpreter exit (a SystemExit whose traceback keeps the loader
+    alive), multiprocessing would terminate them with SIGTERM, which they ignore (ops.environment), and wait forever:
+    a 4-process run hung after its SIGTERM checkpoint that way."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None

@@ -6,6 +6,7 @@ Usage: python convert-pretrain-to-detectron2.py IN.pth.tar OUT.pkl [--quiet] [--
 Prints "old -> new" for every key (as MoCo's converter does) and a final line with the number of tensors written.
 IN is read weights-only (export_backbone.py's .safetensors/.pth too). A file holding anything but tensors and plain
 values, or no bottleneck ResNet encoder, is refused with one line on stderr and exit code 2; OUT is left untouched.
+So is an OUT that is an existing folder or IN itself (also through a symbolic or hard link).
 The logic lives in convert.py next to this file.
 """
 

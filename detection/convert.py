@@ -27,7 +27,9 @@ import numpy as np
 import torch
 
 from clsa.checkpoint import QUERY_PREFIXES, atomic_write, backbone_state, load_file
+from ops.argparser import naming_flag
 from ops.errors import UsageError
+from ops.validate import check_output_file
 
 AUTHOR = "MOCO"
 
@@ -50,7 +52,8 @@ def load_checkpoint(path: str, trust: bool = False) -> object:
     """Read ``path`` on the CPU, weights only (clsa.checkpoint.load_file: a file holding anything but tensors and
     plain Python values is refused unless ``trust``); ``.safetensors`` files too. Raises ConversionError."""
     try:
-        return load_file(path, "IN", trust)
+        with naming_flag("IN"):
+            return load_file(path, trust)
     except UsageError as err:
         raise ConversionError(str(err)) from None
 
@@ -122,13 +125,18 @@ def convert_file(in_path: str, out_path: str, verbose: bool = True, trust: bool 
     """Convert checkpoint ``in_path`` into detectron2 pickle ``out_path``; return the number of tensors written.
 
     With ``verbose``, prints ``old -> new`` for each key, as MoCo's converter does. Raises ConversionError
-    (nothing is written) when the input holds no ResNet encoder or the output folder does not exist.
+    (nothing is written) when the input holds no ResNet encoder, the output folder does not exist, or OUT is an
+    existing folder or the input itself (also through a link).
     """
-    encoder = extract_encoder(load_checkpoint(in_path, trust), source=in_path)
-    check_bottleneck(encoder, in_path)
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(out_dir):
         raise ConversionError(f"{out_path}: output folder {out_dir} does not exist")
+    try:
+        check_output_file(out_path, "OUT", {"IN": in_path})
+    except UsageError as err:
+        raise ConversionError(str(err)) from None
+    encoder = extract_encoder(load_checkpoint(in_path, trust), source=in_path)
+    check_bottleneck(encoder, in_path)
     model = convert_state_dict(encoder)
     write_pickle_atomic(build_payload(model), out_path)
     if verbose:

@@ -90,7 +90,7 @@ def fingerprint(work: str, runs: list[str]) -> dict:
             raise SystemExit(f"{name}: main_clsa.py exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr}")
         losses = [f"{k}={v}" for line in done.stdout.splitlines() if "Epoch: [" in line
                   for k, v in LOSS.findall(line)]
-        ckpt = load_file(os.path.join(run_dir, "checkpoint_last.pth.tar"), "fingerprint")
+        ckpt = load_file(os.path.join(run_dir, "checkpoint_last.pth.tar"))
         sums = {k: hashlib.sha256(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
                 for k, t in tensors(ckpt) if t.numel() and t.dtype != torch.bool}
         out[name] = {"losses": losses, "tensors": sums, "epoch": int(ckpt["epoch"])}

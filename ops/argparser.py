@@ -7,7 +7,10 @@ Flags added by this codebase are grouped at the end of `--help` under "additions
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from ops.errors import FileProblem, UsageError
 
 RESNET_ARCHS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
@@ -17,6 +20,7 @@ RESNET_ARCHS = (
 DEFAULT_DATA = "data"  # --data; for --dataset FashionMNIST see ops.validate.resolve_fashion_mnist
 
 TRUST_FLAG = "--trust_checkpoint"
+UPGRADE = "python3 upgrade_checkpoint.py IN OUT " + TRUST_FLAG  # rewrites an earlier-format file as plain data
 
 
 def add_trust_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -25,6 +29,22 @@ def add_trust_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None
                    help="open checkpoint files with full unpickling (torch.load weights_only=False). Unpickling can "
                         "run arbitrary code: use it only for a file whose source you trust. Without it, a file "
                         "holding anything but tensors and plain Python values is refused")
+
+
+@contextmanager
+def naming_flag(flag: str) -> Iterator[None]:
+    """Inside, a FileProblem the library raises becomes the entry script's one line `flag 'path' problem`; a file
+    refused only for not being plain data also gets how to open it (TRUST_FLAG, or the one-time upgrade)."""
+    try:
+        yield
+    except FileProblem as err:
+        message = f"{flag} {err}"
+        if err.not_plain_data:
+            message += f"; re-save the tensors you need, or pass {TRUST_FLAG} if you trust the file's source"
+        if err.earlier_format:
+            message += (" (numpy objects: a checkpoint of this project's earlier format is rewritten once as plain "
+                        f"data by `{UPGRADE}`)")
+        raise UsageError(message) from None
 
 
 def add_launch_flags(p: argparse.ArgumentParser, sep: str, world_size: int, rank: int) -> None:

@@ -10,7 +10,7 @@ import signal
 import numpy as np
 import torch
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # what SLURM sends before preemption, and Ctrl-C
+from ops.stop_signals import STOP_SIGNALS
 
 
 def raise_file_limit(target: int = 4096) -> None:

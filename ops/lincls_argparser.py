@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from ops.argparser import RESNET_ARCHS, add_launch_flags, add_trust_flag
 from ops.errors import UsageError
 from ops.ranges import check_ranges
-from ops.validate import check_arch, check_image_folder, check_resume, resolve_fashion_mnist
+from ops.validate import check_arch, check_image_folder, check_output_dir, check_resume, resolve_fashion_mnist
 
 
 def add_data_flags(p: argparse.ArgumentParser, pretrained_help: str, run_kind: str) -> argparse._ArgumentGroup:
@@ -98,6 +98,9 @@ def check_classifier_args(args: argparse.Namespace, parser: argparse.ArgumentPar
     if args.pretrained and not os.path.isfile(args.pretrained):
         raise UsageError(f"--pretrained {args.pretrained!r}: no such checkpoint file")
     check_resume(args.resume)
+    if not args.resume:  # --resume FILE continues in FILE's folder
+        check_output_dir(args.save_path or ".", "--save_path")
+        check_output_dir(os.path.join(args.save_path, args.log_path), "--log_path")
     if args.dataset.lower() == "fashionmnist":
         args.data = resolve_fashion_mnist(args.data, image_folder_wins=image_folder_wins)
         return

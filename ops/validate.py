@@ -91,6 +91,31 @@ def check_auto_resume(path: str) -> None:
                          "it links to) and rerun")
 
 
+def check_output_file(out: str, flag: str, inputs: dict[str, str]) -> None:
+    """Refuse an output path that is an existing folder, lies in no folder, or is the same file as one of `inputs`
+    ({flag: path}), also through a symbolic or hard link: writing it would replace the input."""
+    if os.path.isdir(out):
+        raise UsageError(f"{flag} {out!r} is an existing folder; give the path of a file to write")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{flag} {out!r}: the folder {folder} does not exist")
+    for name, path in inputs.items():
+        if os.path.exists(out) and os.path.exists(path) and os.path.samefile(out, path):
+            link = "" if os.path.abspath(out) == os.path.abspath(path) else " (through a link)"
+            raise UsageError(f"{flag} {out!r} is the same file as {name} {path!r}{link}; writing it would replace "
+                             f"the input: choose another {flag}")
+
+
+def check_output_dir(path: str, flag: str) -> None:
+    """Refuse a folder to write in when it, or the nearest part of it that exists, is not a folder."""
+    part = os.path.abspath(path)
+    while not os.path.lexists(part):
+        part = os.path.dirname(part)
+    if not os.path.isdir(part):
+        where = "is" if part == os.path.abspath(path) else f"lies under {part!r}, which is"
+        raise UsageError(f"{flag} {path!r} {where} a file, not a folder; give a folder to write the run in")
+
+
 def check_views(args: argparse.Namespace) -> int:
     """Validate the crop lists and pick indices; return the number of crops n = sum(nmb_crops)."""
     lists = {"--nmb_crops": args.nmb_crops, "--size_crops": args.size_crops,
@@ -128,6 +153,10 @@ def check_pretrain_args(args: argparse.Namespace) -> None:
     if args.sym not in (0, 1):
         raise UsageError(f"--sym must be 0 or 1, got {args.sym}")
     check_resume(args.resume)
+    if args.run_dir:
+        check_output_dir(args.run_dir, "--run_dir")
+    elif not args.resume:  # --resume FILE continues in FILE's folder
+        check_output_dir(args.log_path, "--log_path")
     if args.compile:
         check_compiler()
     if args.resume == "auto" and not args.run_dir:

@@ -102,3 +102,14 @@ def read_until(proc: subprocess.Popen, pattern: str, timeout: float = 120) -> st
         if re.search(pattern, line):
             return seen
     raise AssertionError(f"never saw {pattern!r}:\n{seen}")
+
+
+def pretraining_shaped_checkpoint(path: str, arch: str = "resnet18") -> str:
+    """A checkpoint with a pretraining run's layout (untrained torchvision weights as `module.encoder_q.*`, arch,
+    epoch, args) for tests of the readers: no training run needed."""
+    import torch
+    import torchvision
+    weights = torchvision.models.get_model(arch).state_dict()
+    torch.save({"epoch": 1, "arch": arch, "args": {"arch": arch},
+                "state_dict": {"module.encoder_q." + k: v for k, v in weights.items()}}, path)
+    return path

@@ -1,5 +1,6 @@
 """Checkpoints are safe to open and portable: weights-only loading in every entry point, plain-data saves that
-a plain torch.load and a MoCo-style loader read, the previous format still resumes, umask modes, the export."""
+a plain torch.load and a MoCo-style loader read, the previous format only with --trust_checkpoint or once upgraded,
+umask modes, the export."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import find_checkpoint, run_script, write_image_folder
+from conftest import find_checkpoint, logged_losses, run_script, write_image_folder
 from evaluation_support import SMALL, eval_folder, pretrained_checkpoint, shared_base, synthetic_voc_splits, write_voc
 
 from clsa.builder import CLSA
 from clsa.checkpoint import atomic_copy, atomic_save, load_checkpoint, load_file
-from ops.errors import UsageError
+from ops.argparser import naming_flag
+from ops.errors import FileProblem, UsageError
 
 R50 = ["--arch", "resnet50", "--batch_size", "8", "--moco_k", "64", "--epochs", "1", "--workers", "0",
        "--nmb_crops", "1", "1", "--size_crops", "32", "16", "--min_scale_crops", "0.2", "0.086",
@@ -130,23 +132,60 @@ def previous_format(path: str, out: str, extra: object = None) -> None:
     torch.save(ckpt, out)
 
 
-def test_previous_format_still_resumes_and_nothing_more_is_allowed(shared, tmp_path):
+def one_line_error(proc, *words: str) -> str:
+    """The single stderr line of a refused run (exit code 2), checked to contain `words`."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stdout + proc.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+    return lines[0]
+
+
+def test_numpy_objects_are_refused_without_the_trust_flag(shared, tmp_path):
+    """No allowlist: the previous format (numpy RNG state) and a structured numpy dtype (the kind of dtype state a
+    crafted file abuses to turn raw bytes into an object pointer) are refused by every reader, with one line."""
     old = str(tmp_path / "old.pth.tar")
     previous_format(shared["r18"], old)
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(old, weights_only=True)  # the file really needs the numpy allowance
+    crafted = str(tmp_path / "crafted.pth.tar")
+    torch.save({"state_dict": {}, "x": np.zeros(2, dtype=[("f", "<i8"), ("g", "<f4")])}, crafted)
+    for path in (old, crafted):  # the library names the file and the problem; the entry script adds its flag
+        with pytest.raises(FileProblem, match=r"refused: .*numpy\.dtype") as refused:
+            load_checkpoint(path)
+        assert refused.value.not_plain_data and refused.value.earlier_format and "--" not in str(refused.value)
+        with pytest.raises(UsageError, match=r"^--resume '.*' refused: .*numpy\.dtype.*--trust_checkpoint.*"
+                                             r"upgrade_checkpoint\.py IN OUT --trust_checkpoint"):
+            with naming_flag("--resume"):
+                load_checkpoint(path)
     run_dir = str(tmp_path / "run")
-    argv = ["main_clsa.py", "--data", shared["data"], *R18, "--resume", old,
-            "--run_dir", run_dir]
-    argv[argv.index("--epochs") + 1] = "2"
-    proc = run_script(argv)
+    proc = run_script(["main_clsa.py", "--data", shared["data"], *R18, "--resume", old, "--run_dir", run_dir])
+    one_line_error(proc, "--resume", "old.pth.tar", "refused", "--trust_checkpoint", "upgrade_checkpoint.py IN OUT")
+    proc = run_script(["export_backbone.py", crafted, str(tmp_path / "out.pth")])
+    one_line_error(proc, "CHECKPOINT", "crafted.pth.tar", "refused", "numpy")
+    assert not os.path.exists(tmp_path / "out.pth")
+
+
+def test_previous_format_resumes_with_trust_or_once_upgraded(shared, tmp_path):
+    old = str(tmp_path / "old.pth.tar")
+    previous_format(shared["r18"], old)
+    new = str(tmp_path / "new.pth.tar")
+    one_line_error(run_script(["upgrade_checkpoint.py", old, new]), "IN", "refused", "--trust_checkpoint")
+    one_line_error(run_script(["upgrade_checkpoint.py", old, old, "--trust_checkpoint"]), "OUT", "same file as IN")
+    proc = run_script(["upgrade_checkpoint.py", old, new, "--trust_checkpoint"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "resumed" in proc.stdout and "epoch 1 done" in proc.stdout
-    assert isinstance(load_checkpoint(old)["rng"][0]["numpy"][1], np.ndarray)
-    widened = str(tmp_path / "widened.pth.tar")
-    previous_format(shared["r18"], widened, extra=np.float64(1.5))  # a numpy scalar is not in the allowance
-    with pytest.raises(UsageError, match="refused: .*numpy"):
-        load_checkpoint(widened)
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+    before, after = torch.load(old, weights_only=False), torch.load(new, weights_only=True)
+    kind, keys, *rest = after["rng"][0]["numpy"]
+    assert keys.dtype == torch.int64 and np.array_equal(keys.numpy(), before["rng"][0]["numpy"][1])
+    assert (kind, *rest) == (before["rng"][0]["numpy"][0], *before["rng"][0]["numpy"][2:])
+    assert all(torch.equal(v, after["state_dict"][k]) for k, v in before["state_dict"].items())
+    losses = []
+    for path, extra in ((old, ["--trust_checkpoint"]), (new, [])):
+        argv = ["main_clsa.py", "--data", shared["data"], *R18, "--resume", path, "--run_dir",
+                str(tmp_path / f"run_{len(losses)}"), "--max_iters", "1", *extra]
+        argv[argv.index("--epochs") + 1] = "2"
+        proc = run_script(argv)
+        assert proc.returncode == 0 and "resumed" in proc.stdout and "epoch 1 done" in proc.stdout, proc.stderr
+        losses.append(logged_losses(proc.stdout))
+    assert losses[0] == losses[1] and losses[0], losses  # the same RNG state, read either way
 
 
 def test_resume_at_the_last_epoch_says_so(shared, tmp_path):
@@ -201,7 +240,7 @@ def test_export_loads_into_torchvision_and_timm(r50, tmp_path, fmt):
     assert card["arch"] == "resnet50" and card["epochs"] == 1 and card["pretraining_flags"]["moco_k"] == 64
     import hashlib
     assert card["source_sha256"] == hashlib.sha256(open(r50, "rb").read()).hexdigest()
-    weights = load_file(out, "OUT")
+    weights = load_file(out)
     if fmt == "pth":
         assert torch.load(out, weights_only=True).keys() == weights.keys()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -72,18 +72,12 @@ def _code_strings(path: str) -> list[str]:
             if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs]
 
 
-# Still naming --resume / --pretrained in their one-line errors (issue 27, open): to move into the entry scripts.
-FLAG_STRINGS_PENDING = {os.path.join("clsa", "checkpoint.py"), os.path.join("clsa", "pretrained.py")}
-
-
 def test_the_library_knows_no_flags_and_no_test_hooks() -> None:
     """clsa/ and data_processing/ take plain values and raise their own errors naming paths and problems; the entry
     scripts own the flags (and name them in their one-line errors). Tests observe through tests/trace_hooks."""
-    flagged = {f: [s for s in _code_strings(f) if re.search(r"(^|[\s'\"(])--[a-z]", s)] for f in _library_files()
-               if f not in FLAG_STRINGS_PENDING}
+    flagged = {f: [s for s in _code_strings(f) if re.search(r"(^|[\s'\"(])--[a-z]", s)] for f in _library_files()}
     assert not {f: s for f, s in flagged.items() if s}, flagged
-    argparse_users = [f for f in _library_files() if {"argparse", "ops.argparser"} & imported_modules(f)
-                      and f not in FLAG_STRINGS_PENDING]
+    argparse_users = [f for f in _library_files() if {"argparse", "ops.argparser"} & imported_modules(f)]
     assert not argparse_users, argparse_users
     hooks = [f for f in _library_files() if re.search(r"\btrace\.(enabled|record)\(|CLSA_TRACE_DIR",
                                                       open(os.path.join(REPO, f)).read())]
