@@ -112,7 +112,7 @@ def finetune_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogge
               "global_batch": global_batch, "train_images": len(subset.indices), "subset": record,
               "args": vars(args).copy()}
     run = ClassifierRun("finetune", args.arch, epochs, lr_at, True, args.print_freq, vars(args).copy(), result,
-                        {"mode": "finetune", "subset": record}, **pos)
+                        {"mode": "finetune", "subset": record}, eval_freq=args.eval_freq, **pos)
     loader_val = val_loader(val_set, batch, workers, ctx)
     train_and_validate(ctx, args, logger, run_dir, model, optimizer, Subset(train_set, subset.indices), run, batch,
                        workers, loader_val)

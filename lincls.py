@@ -232,7 +232,8 @@ def linear_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogger,
         return linear_lr(args.lr, args.final_lr, epoch, args.epochs, args.cos, args.schedule)
 
     run = ClassifierRun("linear", args.arch, args.epochs, lr_at, False, args.print_freq, vars(args).copy(),
-                        result={"pretrained": args.pretrained}, checkpoint={"mode": "linear"}, **pos)
+                        result={"pretrained": args.pretrained}, checkpoint={"mode": "linear"}, eval_freq=args.eval_freq,
+                        **pos)
     train_and_validate(ctx, args, logger, run_dir, model, optimizer, train_set, run, batch, workers, loader_val)
     changed = changed_backbone_tensors(model, reference)
     if changed:

@@ -51,6 +51,11 @@ class ClassifierRun:
     start_iter: int = 0  # the batch of start_epoch to continue from (a run stopped mid-epoch)
     best_acc1: float = 0.0
     best_epoch: int | None = None
+    eval_freq: int = 1  # validate after every eval_freq-th epoch and after the last (0: after the last only)
+
+    def validates_after(self, epoch: int) -> bool:
+        """Whether the 0-based `epoch` ends with a validation."""
+        return epoch + 1 == self.epochs or (self.eval_freq > 0 and (epoch + 1) % self.eval_freq == 0)
 
 
 def loader_kwargs(workers: int, ctx: DistContext) -> dict[str, Any]:
@@ -86,8 +91,8 @@ def save_classifier(model: nn.Module, optimizer: torch.optim.Optimizer, run: Cla
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loader_train: DataLoader, loader_val: DataLoader,
         run: ClassifierRun, ctx: DistContext, logger: RunLogger, run_dir: str, stop: StopRequest) -> int | None:
-    """Train epochs run.start_epoch .. run.epochs - 1, validating exactly after each; returns None when done, or
-    the exit code of a stop signal once its checkpoint is written."""
+    """Train epochs run.start_epoch .. run.epochs - 1, validating exactly after those `run.validates_after`;
+    returns None when done, or the exit code of a stop signal once its checkpoint is written."""
     sampler: EpochSampler = loader_train.sampler
     best_acc1, best_epoch, start_iter = run.best_acc1, run.best_epoch, run.start_iter
     for epoch in range(run.start_epoch, run.epochs):
@@ -109,18 +114,24 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loader_train: DataLo
                         f"{train['stopped_at']}")
             return stop.exit_code
         broadcast_buffers(model)  # every rank validates (and rank 0 saves) rank 0's BN statistics
-        res = validate(model, loader_val, ctx.device, run.print_freq, logger.info)
-        is_best = res["top1"] > best_acc1
-        best_acc1 = max(res["top1"], best_acc1)
-        best_epoch = epoch if is_best else best_epoch
-        logger.info(f"epoch {epoch} done in {format_duration(time.time() - start)}: lr {lr:.4g} "
-                    f"train loss {train['loss']:.4f} Acc@1 {res['top1']:.3f} (best {best_acc1:.3f})")
-        logger.scalars({f"{run.mode}/train_loss": train["loss"], f"{run.mode}/val_top1": res["top1"],
-                        f"{run.mode}/val_top5": res["top5"], f"{run.mode}/lr": lr}, epoch)
-        logger.write_json(f"{run.mode}.json", {"top1": res["top1"], "top5": res["top5"], "epoch": epoch + 1,
-                                               "best_acc1": best_acc1, "best_epoch": best_epoch, "loss": res["loss"],
-                                               "images": res["images"], "mode": run.mode, "arch": run.arch,
-                                               **run.result})
+        is_best = False
+        if not run.validates_after(epoch):
+            logger.info(f"epoch {epoch} done in {format_duration(time.time() - start)}: lr {lr:.4g} "
+                        f"train loss {train['loss']:.4f} (validation every {run.eval_freq} epochs and after the last)")
+            logger.scalars({f"{run.mode}/train_loss": train["loss"], f"{run.mode}/lr": lr}, epoch)
+        else:
+            res = validate(model, loader_val, ctx.device, run.print_freq, logger.info)
+            is_best = res["top1"] > best_acc1
+            best_acc1 = max(res["top1"], best_acc1)
+            best_epoch = epoch if is_best else best_epoch
+            logger.info(f"epoch {epoch} done in {format_duration(time.time() - start)}: lr {lr:.4g} "
+                        f"train loss {train['loss']:.4f} Acc@1 {res['top1']:.3f} (best {best_acc1:.3f})")
+            logger.scalars({f"{run.mode}/train_loss": train["loss"], f"{run.mode}/val_top1": res["top1"],
+                            f"{run.mode}/val_top5": res["top5"], f"{run.mode}/lr": lr}, epoch)
+            logger.write_json(f"{run.mode}.json", {"top1": res["top1"], "top5": res["top5"], "epoch": epoch + 1,
+                                                   "best_acc1": best_acc1, "best_epoch": best_epoch,
+                                                   "loss": res["loss"], "images": res["images"], "mode": run.mode,
+                                                   "arch": run.arch, **run.result})
         path = save_classifier(model, optimizer, run, run_dir, epoch + 1, 0, best_acc1, best_epoch, is_best)
         if epoch + 1 < run.epochs and agree_to_stop(stop.signum is not None, ctx.device):
             logger.info(f"{stop.name}: saved {path}; stopping after epoch {epoch}, resume from it to continue")

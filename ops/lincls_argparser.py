@@ -51,6 +51,9 @@ def add_optimisation_flags(p: argparse.ArgumentParser, title: str, epochs: int |
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=0.0, help="SGD weight decay")
     g.add_argument("-p", "--print-freq", type=int, default=10, help="print every N iterations")
+    g.add_argument("--eval-freq", "--eval_freq", dest="eval_freq", type=int, default=1,
+                   help="validate after every N-th epoch and after the last (0: after the last only); the result "
+                        "file and model_best follow the validated epochs")
     g.add_argument("--resume", type=str, default="", help=resume_help)
     return g
 

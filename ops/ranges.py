@@ -61,6 +61,7 @@ RANGES: dict[str, Range] = {
     "knn_size": AT_LEAST_ONE, "train_crop": AT_LEAST_ONE, "val_resize": AT_LEAST_ONE, "val_crop": AT_LEAST_ONE,
     "image_size": AT_LEAST_ONE, "svm_folds": AT_LEAST_ONE,
     "workers": COUNT, "warmup_iters": COUNT, "max_iters": COUNT, "start_epoch": COUNT, "save_freq": COUNT,
+    "eval_freq": COUNT,
     "subset": COUNT, "bank": COUNT, "queries": COUNT, "monitor_queries": COUNT, "monitor_bank": COUNT,
     "aug_times": Range(0, 14),  # RandAugment ops per strong view, at most the size of FixMatch's pool
     "seed": SEED, "seeds": SEED, "random_seeds": SEED,

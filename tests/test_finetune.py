@@ -115,6 +115,20 @@ def test_finetune_from_pretrained_with_a_fraction(data, moco_checkpoint, tmp_pat
     assert again.kind == "list" and again.names_sha256 == sub["names_sha256"]
 
 
+def test_eval_freq_validates_every_nth_epoch_and_the_last(data, tmp_path):
+    """--eval-freq 2 over 3 epochs: epoch 0 is not validated, epochs 1 and 2 (the last) are; the result file is the
+    last epoch's, so a protocol that reports the final model never reads an earlier, test-selected one."""
+    log = str(tmp_path / "log")
+    r = run_script(["finetune.py", "--data", data, "--random-init", "--epochs", "3", "--eval-freq", "2",
+                    "--log_path", log, "--seed", "0", *TINY])
+    assert r.returncode == 0, r.stdout + r.stderr
+    done = re.findall(r"epoch (\d) done in \S+: lr \S+ train loss \S+ (Acc@1|\(validation every 2)", r.stdout)
+    assert done == [("0", "(validation every 2"), ("1", "Acc@1"), ("2", "Acc@1")], r.stdout
+    assert r.stdout.count(" * Acc@1 ") == 2, r.stdout  # two validations, not three
+    result = json.load(open(os.path.join(run_dir(log), "finetune.json")))
+    assert result["epoch"] == 3 and result["args"]["eval_freq"] == 2
+
+
 def test_resume_after_sigterm_ends_like_an_uninterrupted_run(data, tmp_path):
     """Constant lr (--cos 0, no milestones), so a run started with --epochs 100 and resumed with --epochs 1 follows
     the uninterrupted --epochs 1 run batch for batch."""
