@@ -116,8 +116,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, loader_train: DataLo
         broadcast_buffers(model)  # every rank validates (and rank 0 saves) rank 0's BN statistics
         is_best = False
         if not run.validates_after(epoch):
+            when = f"every {run.eval_freq} epochs and after the last" if run.eval_freq else "after the last epoch"
             logger.info(f"epoch {epoch} done in {format_duration(time.time() - start)}: lr {lr:.4g} "
-                        f"train loss {train['loss']:.4f} (validation every {run.eval_freq} epochs and after the last)")
+                        f"train loss {train['loss']:.4f} (validation {when})")
             logger.scalars({f"{run.mode}/train_loss": train["loss"], f"{run.mode}/lr": lr}, epoch)
         else:
             res = validate(model, loader_val, ctx.device, run.print_freq, logger.info)

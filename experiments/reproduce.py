@@ -13,7 +13,9 @@ Arms, at equal epochs, batch and training subset (flags of main_clsa.py, see exp
   multi-crop MoCo, the view-matched baseline);
 - `random_init`: the same resnet18 untrained (several seeds; evaluation only).
 Each encoder is evaluated on the Fashion-MNIST test split by weighted kNN and a linear probe on frozen features
-(experiments/probe.py). Resumable: an arm whose result file exists is skipped; an interrupted pretraining resumes
+(experiments/probe.py) and, with `--finetune 1`, by fine-tuning every layer on 1 % and 10 % of the train labels
+(experiments/finetune_eval.py: lr chosen on held-out train images; an arm done before, whose checkpoint is still
+there, gets it added). Resumable: an arm whose result file exists is skipped; an interrupted pretraining resumes
 from its checkpoint. A wall-clock budget stops a pretraining early (recorded as partial) to keep the deadline.
 Results: results/reproduce/<arm>/result.json, results/reproduce/results.json and table.md.
 """
@@ -29,6 +31,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import fmnist_data  # noqa: E402
+from experiments.finetune_eval import Protocol, finetune_encoder, prepare_folders  # noqa: E402
 from experiments.pretrain_run import (  # noqa: E402
     CHECKPOINT,
     REPO,
@@ -44,6 +47,7 @@ from ops.ranges import check_ranges  # noqa: E402
 
 PROG = "experiments/reproduce.py"
 EVAL_RESERVE_S = 90  # kept per remaining evaluation when the budget guard stops a pretraining
+FINETUNE_RESERVE_S = 1500  # and per remaining fine-tuning evaluation (about 20 min per encoder on 2 cores)
 
 
 PRETRAIN_ARMS = ("moco_v2", "clsa_single", "clsa_multi", "clsa_sym", "clsa_aug0", "strong_infonce",
@@ -98,11 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cos", type=int, default=3, help="main_clsa.py --cos (3: cosine per iteration)")
     p.add_argument("--warmup_iters", type=int, default=100, help="main_clsa.py --warmup_iters")
     p.add_argument("--budget_min", type=float, default=125.0, help="wall-clock budget of the whole experiment")
+    p.add_argument("--finetune", type=int, choices=(0, 1), default=1,
+                   help="1: also fine-tune every encoder on 1 %% and 10 %% of the labels (about 20 min each)")
     return p
 
 
 def run_arm(name: str, recipe: Recipe | None, seed: int, folders: dict[str, str], out: str, deadline: float,
-            left: int) -> dict:
+            left: int, reserve: float) -> dict:
     arm_dir = os.path.join(out, f"{name}_s{seed}")
     os.makedirs(arm_dir, exist_ok=True)
     result: dict = {"arm": name, "seed": seed}
@@ -113,7 +119,7 @@ def run_arm(name: str, recipe: Recipe | None, seed: int, folders: dict[str, str]
         result["command"] = " ".join(argv[1:])
         print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: {result['command']}", flush=True)
         with open(os.path.join(arm_dir, "pretrain.log"), "a") as log:
-            pre = run_pretraining(argv, deadline - left * EVAL_RESERVE_S, stdout=log)
+            pre = run_pretraining(argv, deadline - left * reserve, stdout=log)
         ckpt = os.path.join(run_dir, CHECKPOINT)
         if pre["returncode"] not in (0, 75) or not os.path.isfile(ckpt):
             raise RuntimeError(f"{name}: main_clsa.py exited with {pre['returncode']}; see {arm_dir}/pretrain.log")
@@ -124,9 +130,42 @@ def run_arm(name: str, recipe: Recipe | None, seed: int, folders: dict[str, str]
     result.update(evaluate_encoder("resnet18", ckpt, seed, folders["eval"], 32))
     print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: kNN {result['knn_top1']:.2f} linear "
           f"{result['linear_top1']:.2f}", flush=True)
-    with open(os.path.join(arm_dir, "result.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    _write_json(os.path.join(arm_dir, "result.json"), result)  # kept when the fine-tuning below is interrupted
+    if "ft_full" in folders:
+        add_finetune(result, ckpt, folders, arm_dir)
+        _write_json(os.path.join(arm_dir, "result.json"), result)
     return result
+
+
+def add_finetune(result: dict, checkpoint: str | None, folders: dict[str, str], arm_dir: str) -> None:
+    """result["finetune"]: the 1 % / 10 % fine-tuning evaluation of the arm's encoder (None: random init)."""
+    ft = finetune_encoder(checkpoint, result["seed"], {"full": folders["ft_full"], "tune": folders["ft_tune"]},
+                          os.path.join(arm_dir, "finetune"), Protocol(), log=lambda s: print(s, flush=True))
+    result["finetune"] = ft
+    print(f"[{time.strftime('%H:%M:%S')}] {result['arm']} seed {result['seed']}: fine-tuned, 1 % labels "
+          f"{ft['pct1_mean']:.2f} (draws {', '.join(f'{v:.2f}' for v in ft['pct1_top1'])}), 10 % "
+          f"{ft['pct10_mean']:.2f}", flush=True)
+
+
+def backfill_finetune(done: str, folders: dict[str, str]) -> None:
+    """Add the fine-tuning evaluation to a finished arm's result file when its checkpoint is still there."""
+    with open(done) as f:
+        result = json.load(f)
+    if "finetune" in result:
+        return
+    arm_dir = os.path.dirname(done)
+    ckpt = os.path.join(arm_dir, "run", CHECKPOINT) if result["arm"] != "random_init" else None
+    if ckpt is not None and not os.path.isfile(ckpt):
+        print(f"{result['arm']} seed {result['seed']}: no fine-tuning (its checkpoint {ckpt} is gone)", flush=True)
+        return
+    add_finetune(result, ckpt, folders, arm_dir)
+    _write_json(done, result)
+
+
+def _write_json(path: str, obj: dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def monitor_random_init(folder: str, out: str) -> float:
@@ -157,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         fmnist_data.carve(source, root, args.subset, args.bank, 0, seed=0, monitor=args.monitor_queries,
                           monitor_bank=args.monitor_bank)
     folders = {r: os.path.join(root, r) for r in ("pretrain", "eval", "monitor")}
+    if args.finetune:
+        folders.update({"ft_" + k: v for k, v in prepare_folders(source, root).items()})
+    reserve = EVAL_RESERVE_S + (FINETUNE_RESERVE_S if args.finetune else 0)
     plan = arms(args.epochs, args.seeds, args.random_seeds,
                 {"lr": args.lr, "cos": args.cos, "warmup_iters": args.warmup_iters}, args.lr_multi,
                 tuple(args.arms))
@@ -167,11 +209,13 @@ def main(argv: list[str] | None = None) -> int:
         done = os.path.join(args.out, f"{name}_s{seed}", "result.json")
         if os.path.isfile(done):
             print(f"{name} seed {seed}: done ({done})", flush=True)
+            if args.finetune:
+                backfill_finetune(done, folders)
             continue
-        if recipe is not None and time.time() > deadline - EVAL_RESERVE_S:
+        if recipe is not None and time.time() > deadline - reserve:
             print(f"{name} seed {seed}: skipped, the budget is spent", flush=True)
             continue
-        run_arm(name, recipe, seed, folders, args.out, deadline, len(plan) - i)
+        run_arm(name, recipe, seed, folders, args.out, deadline, len(plan) - i, reserve)
     meta = {"epochs": args.epochs, "lr": args.lr, "lr_multi": args.lr_multi, "cos": args.cos,
             "warmup_iters": args.warmup_iters, "subset": args.subset, "bank": args.bank, "queries": 10000,
             "monitor": {"bank": args.monitor_bank, "queries": args.monitor_queries,

@@ -40,6 +40,11 @@ def summarise(out: str, meta: dict) -> dict:
                       "pretrain_minutes": [round(r.get("pretrain_seconds", 0) / 60, 1) for r in rs],
                       "knn_monitor": [r.get("knn_monitor", []) for r in rs],
                       "commands": [r.get("command", "") for r in rs]}
+        tuned = [r["finetune"] for r in rs if "finetune" in r]
+        if tuned:  # per seed: the mean over the 1 % draws, the 10 % draw(s)
+            arms[name].update(finetune_1pct=_stat([f["pct1_mean"] for f in tuned]),
+                              finetune_10pct=_stat([f["pct10_mean"] for f in tuned]),
+                              finetune_base_lr=[f["base_lr"] for f in tuned])
     summary = {"arms": arms, **meta}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -52,16 +57,27 @@ def _fmt(stat: dict) -> str:
     return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
 
 
+def _fmt_n(stat: dict | None, seeds: int) -> str:
+    if stat is None:
+        return "-"
+    return _fmt(stat) + (f" (n={stat['n']})" if stat["n"] < seeds else "")
+
+
 def write_table(summary: dict, path: str) -> str:
-    """Markdown table: one row per arm, mean ± sample std over seeds (n given), epochs and pretraining minutes."""
-    lines = ["| encoder | kNN top-1 (%) | linear top-1 (%) | seeds | epochs done | pretraining (min) |",
-             "|---|---|---|---|---|---|"]
+    """Markdown table: one row per arm, mean ± sample std over seeds (n given), epochs and pretraining minutes; the
+    fine-tuning columns (mean over the seeds that have it, n in brackets when fewer) once any arm has them."""
+    ft = any("finetune_1pct" in a for a in summary["arms"].values())
+    lines = ["| encoder | kNN top-1 (%) | linear top-1 (%) | "
+             + ("fine-tune 1 % labels (%) | fine-tune 10 % labels (%) | " if ft else "")
+             + "seeds | epochs done | pretraining (min) |",
+             "|---|---|---|" + ("---|---|" if ft else "") + "---|---|---|"]
     for name, a in summary["arms"].items():
         epochs = ", ".join("-" if e is None else str(e) for e in a["epochs_done"])
         minutes = ", ".join(str(m) for m in a["pretrain_minutes"]) if name != "random_init" else "-"
         flag = " (stopped early)" if a["partial"] else ""
-        lines.append(f"| {LABELS[name]}{flag} | {_fmt(a['knn'])} | {_fmt(a['linear'])} | {a['knn']['n']} | "
-                     f"{epochs} | {minutes} |")
+        cells = [_fmt_n(a.get(k), a["knn"]["n"]) for k in ("finetune_1pct", "finetune_10pct")] if ft else []
+        lines.append(f"| {LABELS[name]}{flag} | {_fmt(a['knn'])} | {_fmt(a['linear'])} | "
+                     + "".join(c + " | " for c in cells) + f"{a['knn']['n']} | {epochs} | {minutes} |")
     curves = {n: a["knn_monitor"][0] for n, a in summary["arms"].items() if a["knn_monitor"] and a["knn_monitor"][0]}
     if curves:
         epochs = max(len(c) for c in curves.values())
