@@ -42,8 +42,8 @@ class Protocol:
     crop + flip, base lr 0.05 per 256 images, 60 epochs at 1 % and 30 at 10 %; here fewer epochs at 10 % and a small
     batch, so that one encoder takes about 20 minutes on 2 CPU cores."""
     batch: int = 64
-    epochs_1pct: int = 30
-    epochs_10pct: int = 6
+    epochs_1pct: int = 20
+    epochs_10pct: int = 4
     base_lrs: tuple[float, ...] = (0.025, 0.05, 0.1)  # SimCLR's 0.05 and one step either side
     draws_1pct: tuple[int, ...] = (0, 1, 2)
     draws_10pct: tuple[int, ...] = (0,)
