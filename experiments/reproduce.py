@@ -94,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--monitor_bank", type=int, default=2000, help="train images of the per-epoch kNN monitor")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="pretraining seeds (MoCo v2 and CLSA single)")
     p.add_argument("--arms", nargs="*", choices=PRETRAIN_ARMS, default=list(PRETRAIN_ARMS[:3]),
-                   help="pretraining arms to run, none: only the random inits (clsa_sym: CLSA single-crop with --sym 1; clsa_aug0, "
-                        "strong_infonce, smallcrop_infonce: the ablation, see the module's docstring)")
+                   help="pretraining arms to run, none: only the random inits (clsa_sym: CLSA single-crop with "
+                        "--sym 1; clsa_aug0, strong_infonce, smallcrop_infonce: the ablation, see the module's "
+                        "docstring)")
     p.add_argument("--random_seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--lr", type=float, default=0.1, help="pretraining lr (MoCo v2, CLSA single-crop)")
     p.add_argument("--lr_multi", type=float, default=0.02, help="pretraining lr of CLSA multi-crop")
