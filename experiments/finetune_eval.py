@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from clsa.checkpoint import atomic_write
 from experiments import fmnist_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,6 +51,12 @@ class Protocol:
     tune_seed: int = 100
     size: int = 32  # train crop and test image size (px), the reproduction's pretraining and probe size
     workers: int = 1
+
+
+def write_json(path: str, obj: dict) -> None:
+    """`obj` as indented JSON, replaced atomically (clsa.checkpoint.atomic_write): never half a file."""
+    text = json.dumps(obj, indent=2)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def prepare_folders(source: str, root: str, seed: int = 0, held_out: int = HELD_OUT) -> dict[str, str]:
@@ -95,9 +102,7 @@ def run_finetune(argv: list[str], record_path: str, log: Callable[[str], None]) 
     record = {"top1": result["top1"], "top5": result["top5"], "epoch": result["epoch"], "lr": result["lr"],
               "base_lr": result["base_lr"], "train_images": result["train_images"], "images": result["images"],
               "subset": result["subset"], "seconds": time.time() - start, "command": " ".join(argv[1:])}
-    with open(record_path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(record_path + ".tmp", record_path)
+    write_json(record_path, record)
     log(f"  fine-tune {os.path.basename(record_path)[:-5]}: top-1 {record['top1']:.2f} "
         f"({record['train_images']} labelled images, {record['seconds'] / 60:.1f} min)")
     return record

@@ -31,7 +31,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import fmnist_data  # noqa: E402
-from experiments.finetune_eval import Protocol, finetune_encoder, prepare_folders  # noqa: E402
+from experiments.finetune_eval import Protocol, finetune_encoder, prepare_folders, write_json  # noqa: E402
 from experiments.pretrain_run import (  # noqa: E402
     CHECKPOINT,
     REPO,
@@ -131,10 +131,10 @@ def run_arm(name: str, recipe: Recipe | None, seed: int, folders: dict[str, str]
     result.update(evaluate_encoder("resnet18", ckpt, seed, folders["eval"], 32))
     print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: kNN {result['knn_top1']:.2f} linear "
           f"{result['linear_top1']:.2f}", flush=True)
-    _write_json(os.path.join(arm_dir, "result.json"), result)  # kept when the fine-tuning below is interrupted
+    write_json(os.path.join(arm_dir, "result.json"), result)  # kept when the fine-tuning below is interrupted
     if "ft_full" in folders:
         add_finetune(result, ckpt, folders, arm_dir)
-        _write_json(os.path.join(arm_dir, "result.json"), result)
+        write_json(os.path.join(arm_dir, "result.json"), result)
     return result
 
 
@@ -160,13 +160,9 @@ def backfill_finetune(done: str, folders: dict[str, str]) -> None:
         print(f"{result['arm']} seed {result['seed']}: no fine-tuning (its checkpoint {ckpt} is gone)", flush=True)
         return
     add_finetune(result, ckpt, folders, arm_dir)
-    _write_json(done, result)
+    write_json(done, result)
 
 
-def _write_json(path: str, obj: dict) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(path + ".tmp", path)
 
 
 def monitor_random_init(folder: str, out: str) -> float:
