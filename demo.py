@@ -8,7 +8,8 @@
 
 Steps: carve subsets (IDX folders under <out>/data), draw example key / weak / strong views, pretrain CLSA with
 `main_clsa.py` (kNN monitor every epoch), evaluate the pretrained encoder and the same architecture at random
-initialisation (kNN and linear probe on the test split), plot the run and write results.json.
+initialisation (kNN and linear probe on frozen features, then `finetune.py` of every layer on 1 % of the train
+labels, all scored on the test split), plot the run and write results.json.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import time
 
 import torch
 
-from clsa.checkpoint import atomic_write
 from experiments import fmnist_data
 from experiments.demo_report import print_table, view_grid, write_figures
 from experiments.demo_sizing import EvalSizes, Plan, fit, fit_eval, steady_rate
+from experiments.finetune_eval import Protocol, finetune_pair, write_json
 from experiments.pretrain_run import (
     CHECKPOINT,
     checkpoint_epoch,
@@ -42,6 +43,8 @@ from ops.ranges import check_ranges
 PROG = "demo.py"
 CALIBRATION_ITERS = 40  # iterations of the speed measurement before the run is sized
 CALIBRATION_SHARE = 0.06  # ... or this share of the budget, whichever ends first
+FINETUNE_BATCH = 64  # the reproduction's fine-tune batch (experiments/finetune_eval.py)
+WARMUP_ITERS = 100  # the reproduction's linear warmup, at most a tenth of a shorter run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,12 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="", help=f"folder of the Fashion-MNIST IDX files (default: ${fmnist_data.ENV_VAR}"
                                               " or the Debian package's folder)")
     p.add_argument("--out", default="results/demo", help="results folder")
-    p.add_argument("--epochs", type=int, default=9, help="pretraining epochs over the subset")
-    p.add_argument("--subset", type=int, default=30000, help="training images for pretraining (0: all 60,000)")
+    p.add_argument("--epochs", type=int, default=4, help="pretraining epochs over the subset")
+    p.add_argument("--subset", type=int, default=0, help="training images for pretraining (0: all 60,000)")
     p.add_argument("--bank", type=int, default=10000, help="train images for the kNN bank and the linear probe")
     p.add_argument("--queries", type=int, default=0, help="test images evaluated at the end (0: all 10,000)")
     p.add_argument("--monitor_queries", type=int, default=2000, help="test images of the per-epoch kNN monitor")
     p.add_argument("--monitor_bank", type=int, default=5000, help="train images (of --bank) of the kNN monitor")
+    p.add_argument("--finetune_fraction", type=float, default=0.01,
+                   help="fine-tune both encoders on this fraction of the train labels (class-balanced; 0: skip)")
+    p.add_argument("--finetune_epochs", type=int, default=10, help="epochs of each fine-tune run")
+    p.add_argument("--finetune_lr", type=float, default=0.05,
+                   help="fine-tune base lr per 256 images (SimCLR's), scaled to the batch of 64")
     p.add_argument("--budget_min", type=float, default=15.0,
                    help="wall-clock budget: pretraining is stopped (checkpointed) early to keep it")
     p.add_argument("--seed", type=int, default=0)
@@ -68,16 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+SCHEDULE = {"lr": 0.1, "cos": 3}  # the reproduction's: per-iteration cosine (warmup set once the run is sized)
+
+
 def recipe_for(args: argparse.Namespace) -> Recipe:
     if args.smoke:
-        return Recipe(epochs=2, batch_size=16, moco_k=64, print_freq=1, seed=args.seed, workers=0, max_iters=4)
-    return Recipe(epochs=args.epochs, seed=args.seed)
+        return Recipe(epochs=2, batch_size=16, moco_k=64, print_freq=1, seed=args.seed, workers=0, max_iters=4,
+                      **SCHEDULE)
+    return Recipe(epochs=args.epochs, seed=args.seed, **SCHEDULE)
 
 
 def check(args: argparse.Namespace) -> None:
     check_ranges(build_parser(), args)  # every numeric flag, from the one table in ops/ranges.py
     if args.smoke:
         args.subset, args.bank, args.queries, args.monitor_queries, args.monitor_bank = 64, 64, 40, 40, 64
+        if args.finetune_fraction:
+            args.finetune_fraction, args.finetune_epochs = 0.5, 1
 
 
 def prepare_data(args: argparse.Namespace, source: str) -> tuple[dict[str, str], bool]:
@@ -85,14 +99,17 @@ def prepare_data(args: argparse.Namespace, source: str) -> tuple[dict[str, str],
     Returns (folders, whether they were rewritten)."""
     root = os.path.join(args.out, "data")
     spec = {"source": os.path.abspath(source), "subset": args.subset, "bank": args.bank, "queries": args.queries,
-            "monitor_queries": args.monitor_queries, "monitor_bank": args.monitor_bank, "seed": args.seed}
+            "monitor_queries": args.monitor_queries, "monitor_bank": args.monitor_bank, "seed": args.seed,
+            "finetune": bool(args.finetune_fraction)}
     spec_path = os.path.join(root, "subsets.json")
     if os.path.isfile(spec_path):
         with open(spec_path) as f:
             if json.load(f) == spec:
-                return {role: os.path.join(root, role) for role in ("pretrain", "eval", "monitor")}, False
+                roles = ("pretrain", "eval", "monitor") + (("finetune",) if args.finetune_fraction else ())
+                return {role: os.path.join(root, role) for role in roles}, False
     folders = fmnist_data.carve(source, root, args.subset, args.bank, args.queries, args.seed,
-                                monitor=args.monitor_queries or args.queries or 10000, monitor_bank=args.monitor_bank)
+                                monitor=args.monitor_queries or args.queries or 10000, monitor_bank=args.monitor_bank,
+                                finetune=bool(args.finetune_fraction))
     with open(spec_path, "w") as f:
         json.dump(spec, f, indent=2)
     return folders, True
@@ -127,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_sizes(args, plan.images, sizes)
     folders, _ = prepare_data(args, source)
     recipe.epochs = plan.epochs
+    recipe.warmup_iters = min(WARMUP_ITERS, plan.epochs * (plan.images // recipe.batch_size) // 10)
     argv_pre = recipe.argv(folders["pretrain"], run_dir, folders["monitor"])
     print(f"{PROG}: pretraining: {' '.join(argv_pre[1:])}", flush=True)
     deadline = start + args.budget_min * 60 - (0 if args.smoke else eval_s)
@@ -148,11 +166,13 @@ def main(argv: list[str] | None = None) -> int:
                                          recipe.knn_k, recipe.knn_t)
         print(f"  {name}: kNN {results[name]['knn_top1']:.2f}  linear {results[name]['linear_top1']:.2f} "
               f"({results[name]['seconds']:.0f}s)", flush=True)
+    finetune = finetune_both(args, folders.get("finetune"), ckpt, sizes)
     monitor_random = random_init_knn(recipe.arch, folders["monitor"], recipe.knn_size, recipe.knn_k, recipe.knn_t,
                                      seed=args.seed)["top1"]
     state = run_state(run_dir)
     curves = write_figures(run_dir, args.out, monitor_random)
-    summary = {"encoders": results, "arch": recipe.arch, "epochs": recipe.epochs, "epochs_done": state["epochs_done"],
+    summary = {"encoders": results, "finetune": finetune, "arch": recipe.arch, "epochs": recipe.epochs,
+               "epochs_done": state["epochs_done"],
                "stopped_at_budget": pre["stopped_at_deadline"], "pretrain_images": args.subset or 60000,
                "knn_monitor": {"by_epoch": state["knn_monitor"], "random_init": monitor_random,
                                "queries": args.monitor_queries, "bank": args.monitor_bank or args.bank},
@@ -162,22 +182,33 @@ def main(argv: list[str] | None = None) -> int:
                "cpu_count": os.cpu_count(), "smoke": args.smoke,
                "plan": {**vars(plan), "budget_min": args.budget_min, "asked_epochs": asked[0],
                         "asked_images": asked[1] or 60000, "eval": vars(sizes), "asked_eval": vars(asked_eval)}}
-    write_results(os.path.join(args.out, "results.json"), summary)
+    write_json(os.path.join(args.out, "results.json"), summary)  # atomic: never half a file
     print_table(summary)
     return 0
 
 
-def write_results(path: str, summary: dict) -> None:
-    """results.json, replaced atomically: a demo stopped mid-write (or a summary that fails to serialise) leaves the
-    previous complete file, never half of one."""
-    text = json.dumps(summary, indent=2)
-    atomic_write(path, lambda f: f.write(text.encode()))
+def finetune_both(args: argparse.Namespace, folder: str | None, ckpt: str, sizes: EvalSizes) -> dict:
+    """finetune_pair of the pretrained and the random-init encoder, or {"skipped": why} when --finetune_fraction is
+    0 or the evaluation had no time for it."""
+    if not args.finetune_fraction:
+        return {"skipped": "--finetune_fraction 0"}
+    if not sizes.finetune_passes:
+        print(f"{PROG}: the {args.finetune_fraction:.0%}-label fine-tune is skipped to fit --budget_min "
+              f"{args.budget_min:g} on this machine", flush=True)
+        return {"skipped": f"no time within --budget_min {args.budget_min:g}"}
+    p = Protocol(batch=16 if args.smoke else FINETUNE_BATCH, workers=0 if args.smoke else 1)
+    print(f"{PROG}: fine-tuning both encoders on {args.finetune_fraction:.0%} of the train labels "
+          f"({args.finetune_epochs} epochs, base lr {args.finetune_lr:g}, batch {p.batch})", flush=True)
+    return finetune_pair(ckpt, args.seed, folder, os.path.join(args.out, "finetune"), args.finetune_fraction,
+                         args.finetune_epochs, args.finetune_lr, p)
 
 
 def eval_sizes(args: argparse.Namespace) -> EvalSizes:
     """The evaluation and monitor sizes the flags ask for (0 resolved to what it means)."""
     bank, queries = args.bank or 60000, args.queries or 10000
-    return EvalSizes(bank, queries, min(args.monitor_bank or bank, bank), min(args.monitor_queries or queries, queries))
+    passes = round((64 if args.smoke else 60000) * args.finetune_fraction) * args.finetune_epochs
+    return EvalSizes(bank, queries, min(args.monitor_bank or bank, bank), min(args.monitor_queries or queries, queries),
+                     passes)
 
 
 def apply_sizes(args: argparse.Namespace, images: int, sizes: EvalSizes) -> None:
@@ -235,7 +266,7 @@ def size_run(args: argparse.Namespace, recipe: Recipe, folders: dict[str, str], 
     left = start + args.budget_min * 60 - time.time() - startup - eval_s
     plan = fit(rate, left, epochs, asked[1] or 60000, sizes.monitor_images, recipe.batch_size)
     print(f"{PROG}: {plan.line(args.budget_min)}", flush=True)
-    if sizes != asked_eval:
+    if dataclasses.replace(sizes, finetune_passes=asked_eval.finetune_passes) != asked_eval:
         print(f"{PROG}: evaluating on {sizes.bank} bank / {sizes.queries} test images (kNN monitor "
               f"{sizes.monitor_bank} / {sizes.monitor_queries}) to fit", flush=True)
     with open(os.path.join(args.out, "plan.json"), "w") as f:

@@ -53,6 +53,24 @@ def write_figures(run_dir: str, out: str, random_knn: float | None = None) -> li
     return [path]
 
 
+def print_finetune(ft: dict, rows: list[tuple[str, dict]]) -> float | None:
+    """The fine-tune rows (every layer, few labels); returns CLSA's difference to random init, None when skipped."""
+    if "skipped" in ft or not ft:
+        if ft:
+            print(f"fine-tune with few labels: skipped ({ft['skipped']})")
+        return None
+    print(f"fine-tuned, every layer, on {ft['fraction']:.0%} of the train labels ({ft['labelled']} images, "
+          f"{ft['epochs']} epochs, base lr {ft['base_lr']:g}); test: {ft['test_images']} images")
+    print(f"{'encoder':<22}{'top-1':>10}")
+    keys = {"random init": "random_init"}
+    for name, _ in rows:
+        r = ft[keys.get(name, "clsa")]
+        print(f"{name:<22}{r['top1']:>10.2f}   ({r['seconds'] / 60:.1f} min)")
+    diff = ft["clsa"]["top1"] - ft["random_init"]["top1"]
+    print(f"{'difference':<22}{diff:>+10.2f}")
+    return diff
+
+
 def print_table(summary: dict) -> None:
     """The demo's closing table: pretrained vs random init, and where the short run stands."""
     enc = summary["encoders"]
@@ -69,6 +87,7 @@ def print_table(summary: dict) -> None:
     d_knn = enc["clsa"]["knn_top1"] - enc["random_init"]["knn_top1"]
     d_lin = enc["clsa"]["linear_top1"] - enc["random_init"]["linear_top1"]
     print(f"{'difference':<22}{d_knn:>+10.2f}{d_lin:>+14.2f}")
+    d_ft = print_finetune(summary.get("finetune") or {}, rows)
     if knn:
         rise = knn[-1]["top1"] - knn[0]["top1"]
         trail = ", ".join(f"{k['top1']:.1f}" for k in knn)
@@ -84,17 +103,19 @@ def print_table(summary: dict) -> None:
               f"{plan['asked_images']}")
     elif plan:
         print(f"this machine: {plan['img_per_s']:.0f} img/s; the whole recipe fits --budget_min {plan['budget_min']:g}")
-    if plan and plan.get("eval", plan.get("asked_eval")) != plan.get("asked_eval"):
+    counts = ("bank", "queries", "monitor_bank", "monitor_queries")
+    if plan and "eval" in plan and any(plan["eval"][k] != plan["asked_eval"][k] for k in counts):
         got, want = plan["eval"], plan["asked_eval"]
         print(f"evaluation shortened too: {got['bank']} bank / {got['queries']} test images (kNN monitor "
               f"{got['monitor_bank']} / {got['monitor_queries']}) instead of {want['bank']} / {want['queries']} "
               f"({want['monitor_bank']} / {want['monitor_queries']})")
     note = ""
-    if min(d_knn, d_lin) > 1:
+    diffs = [d_knn, d_lin] + ([] if d_ft is None else [d_ft])
+    if min(diffs) > 1:
         verdict = "ahead of"
-    elif min(d_knn, d_lin) > 0:
+    elif min(diffs) > 0:
         verdict, note = "slightly ahead of", " (by less than the ~1-point seed-to-seed spread on one metric)"
-    elif max(d_knn, d_lin) > 0:
+    elif max(diffs) > 0:
         verdict = "mixed against"
     else:
         verdict = "behind"

@@ -1,23 +1,27 @@
 """How much pretraining the demo can afford on this machine: whole epochs that end inside the budget.
 
-The demo measures its training speed r (images/s) in the first iterations, then picks epochs E and subset N with
+The demo measures its training speed r (images/s) in the first iterations, then picks epochs E and images N with
 E * (N / r + c_kNN) <= the seconds left, where c_kNN is the per-epoch kNN monitor (forward passes only, costed at
-KNN_SPEEDUP images per training image). Preference: the full recipe; else fewer images at the same epochs down to
-FLOOR_IMAGES; else fewer epochs (never below MIN_EPOCHS, so the kNN curve has two points); else fewer images.
+KNN_SPEEDUP images per training image). Preference: the full recipe; else fewer epochs over all the asked images
+(down to one); else one epoch of fewer images. A short schedule sees as many different images as it can rather than
+repeating a subset (the per-iteration cosine schedule runs its whole course either way).
 
-The final evaluation (kNN + linear probe of two encoders: 2 x (bank + queries) forward passes) is sized first, by
-`fit_eval`: when it would take more than EVAL_SHARE of the budget, the bank, the queries and the per-epoch monitor
-shrink by one factor (never below EVAL_FLOOR / MONITOR_FLOOR images), so a slow machine still has time to train.
+The final evaluation (kNN + linear probe of two encoders: 2 x (bank + queries) forward passes; the 1 %-label
+fine-tune of both: 2 x (labelled images x epochs training passes + queries)) is sized first, by `fit_eval`: when it
+would take more than EVAL_SHARE of the budget, the bank, the queries and the per-epoch monitor shrink by one factor
+(never below EVAL_FLOOR / MONITOR_FLOOR images); when even that does not fit, the fine-tune is skipped (and the
+demo says so), so a slow machine still has time to train.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
 KNN_SPEEDUP = 3.0  # a kNN image (one 32-px forward) costs about a third of a training image (3 views, backward)
-MIN_EPOCHS = 2
-FLOOR_IMAGES = 10000
+FT_SPEEDUP = 1.5  # a fine-tune image (one 32-px view, forward and backward) vs a pretraining image
+FT_FIXED_S = 10.0  # per fine-tune run: process start, data, model build
 STEP = 500  # subsets are multiples of this (class-balanced carving, whole batches)
 EVAL_SHARE = 0.25  # the final evaluation's share of the budget at most ...
 EVAL_FIXED_S = 15.0  # ... counting its fixed cost (model builds, linear-probe fits)
@@ -36,8 +40,8 @@ class Plan:
     shortened: bool
 
     def line(self, budget_min: float) -> str:
-        return (f"this machine: {self.img_per_s:.0f} img/s; training {self.epochs} epochs on {self.images} images "
-                f"to fit {budget_min:g} min")
+        return (f"this machine: {self.img_per_s:.0f} img/s; training {self.epochs} epoch{'s' * (self.epochs != 1)} "
+                f"on {self.images} images to fit {budget_min:g} min")
 
 
 def steady_rate(lines: list[str], batch: int) -> float | None:
@@ -59,16 +63,29 @@ def steady_rate(lines: list[str], batch: int) -> float | None:
 
 @dataclass
 class EvalSizes:
-    """Images of the final evaluation (`bank` train, `queries` test) and of the per-epoch kNN monitor."""
+    """Images of the final evaluation (`bank` train, `queries` test), of the per-epoch kNN monitor and of one
+    fine-tune run (`finetune_passes`: labelled images x epochs; 0: no fine-tune)."""
     bank: int
     queries: int
     monitor_bank: int
     monitor_queries: int
+    finetune_passes: int = 0
 
     def seconds(self, rate: float) -> float:
         """Final evaluation of two encoders (pretrained, random init) plus the random init's monitor point."""
         passes = 2 * (self.bank + self.queries) + self.monitor_images
-        return EVAL_FIXED_S + passes / (KNN_SPEEDUP * rate)
+        return EVAL_FIXED_S + passes / (KNN_SPEEDUP * rate) + 2 * self.finetune_seconds(rate)
+
+    def finetune_seconds(self, rate: float) -> float:
+        """One fine-tune run: its training passes, then the test images."""
+        if not self.finetune_passes:
+            return 0.0
+        return FT_FIXED_S + self.finetune_passes / (FT_SPEEDUP * rate) + self.queries / (KNN_SPEEDUP * rate)
+
+    def fixed_seconds(self, rate: float) -> float:
+        """The part of `seconds` that does not shrink with the image counts."""
+        train = FT_FIXED_S + self.finetune_passes / (FT_SPEEDUP * rate) if self.finetune_passes else 0.0
+        return EVAL_FIXED_S + 2 * train
 
     @property
     def monitor_images(self) -> int:
@@ -76,18 +93,23 @@ class EvalSizes:
 
 
 def fit_eval(rate: float, seconds: float, asked: EvalSizes) -> EvalSizes:
-    """`asked`, or all four sizes scaled by one factor (multiples of STEP, floors kept) so that the evaluation takes
-    at most EVAL_SHARE of `seconds` at `rate` training images/s."""
+    """`asked`, or all four image counts scaled by one factor (multiples of STEP, floors kept) so that the evaluation
+    takes at most EVAL_SHARE of `seconds` at `rate` training images/s; without the fine-tune (finetune_passes 0)
+    when it does not fit even at the floors."""
     if asked.seconds(rate) <= EVAL_SHARE * seconds:
         return asked
-    scale = max(EVAL_SHARE * seconds - EVAL_FIXED_S, 0.0) / (asked.seconds(rate) - EVAL_FIXED_S)
+    fixed = asked.fixed_seconds(rate)
+    scale = max(EVAL_SHARE * seconds - fixed, 0.0) / (asked.seconds(rate) - fixed)
 
     def shrink(n: int, floor: int) -> int:
         return max(min(n, floor), int(n * scale) // STEP * STEP)
 
     bank, queries = shrink(asked.bank, EVAL_FLOOR), shrink(asked.queries, EVAL_FLOOR)
-    return EvalSizes(bank, queries, min(shrink(asked.monitor_bank, MONITOR_FLOOR), bank),
-                     min(shrink(asked.monitor_queries, MONITOR_FLOOR), queries))
+    got = EvalSizes(bank, queries, min(shrink(asked.monitor_bank, MONITOR_FLOOR), bank),
+                    min(shrink(asked.monitor_queries, MONITOR_FLOOR), queries), asked.finetune_passes)
+    if got.finetune_passes and got.seconds(rate) > EVAL_SHARE * seconds:
+        return fit_eval(rate, seconds, dataclasses.replace(asked, finetune_passes=0))
+    return got
 
 
 def epoch_seconds(images: int, knn_images: int, rate: float) -> float:
@@ -96,18 +118,10 @@ def epoch_seconds(images: int, knn_images: int, rate: float) -> float:
 
 def fit(rate: float, seconds: float, epochs: int, images: int, knn_images: int, batch: int) -> Plan:
     """The largest run of whole epochs that fits `seconds` at `rate` images/s, in the order of the module doc."""
-    def images_for(e: int) -> int:
-        per_epoch = seconds / e - epoch_seconds(0, knn_images, rate)
-        return int(max(per_epoch * rate, 0) // STEP * STEP)
-
     if epochs * epoch_seconds(images, knn_images, rate) <= seconds:
         return Plan(epochs, images, rate, False)
-    floor = min(FLOOR_IMAGES, images)
-    n = images_for(epochs)
-    if n >= floor:
-        return Plan(epochs, n, rate, True)
-    e = int(seconds // epoch_seconds(floor, knn_images, rate))
-    if e >= MIN_EPOCHS:
-        return Plan(min(e, epochs), floor, rate, True)
-    e = min(MIN_EPOCHS, epochs)
-    return Plan(e, max(images_for(e), min(images, 4 * batch)), rate, True)
+    e = int(seconds // epoch_seconds(images, knn_images, rate))
+    if e >= 1:
+        return Plan(min(e, epochs), images, rate, True)
+    n = int(max(seconds - epoch_seconds(0, knn_images, rate), 0.0) * rate) // STEP * STEP
+    return Plan(1, max(min(n, images), min(images, 4 * batch)), rate, True)

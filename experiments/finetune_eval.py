@@ -22,6 +22,7 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -127,3 +128,17 @@ def finetune_encoder(checkpoint: str | None, seed: int, folders: dict[str, str],
     return {"protocol": dataclasses.asdict(p), "holdout_top1_by_base_lr": {str(k): v for k, v in tune.items()},
             "base_lr": best, "pct1_top1": pct1, "pct1_mean": statistics.fmean(pct1), "pct10_top1": pct10,
             "pct10_mean": statistics.fmean(pct10), "seconds_this_invocation": time.time() - start}
+
+
+def finetune_pair(checkpoint: str, seed: int, folder: str, out_dir: str, fraction: float, epochs: int,
+                  base_lr: float, p: Protocol, log: Callable[[str], None] = print) -> dict:
+    """The demo's comparison: `checkpoint` and the random init seeded by `seed`, each fine-tuned once with the same
+    lr on the same labelled draw (`fraction` of `folder`'s train split, subset seed `seed`), tested on its test
+    split. Records of an earlier call in `out_dir` are discarded first (they belong to another pretraining)."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    runs = {}
+    for name, path in (("clsa", checkpoint), ("random_init", None)):
+        argv = finetune_argv(folder, path, fraction, seed, epochs, base_lr, seed, os.path.join(out_dir, name), p)
+        runs[name] = run_finetune(argv, os.path.join(out_dir, name + ".json"), log)
+    return {"fraction": fraction, "epochs": epochs, "base_lr": base_lr, "batch": p.batch,
+            "labelled": runs["clsa"]["train_images"], "test_images": runs["clsa"]["images"], **runs}

@@ -99,7 +99,7 @@ def write_split_folder(folder: str, train: tuple[np.ndarray, np.ndarray], test: 
 
 
 def carve(source: str, out: str, pretrain: int, bank: int, queries: int, seed: int = 0, validation: int = 0,
-          monitor: int = 0, monitor_bank: int = 0) -> dict[str, str]:
+          monitor: int = 0, monitor_bank: int = 0, finetune: bool = False) -> dict[str, str]:
     """Subset folders under `out` from the Fashion-MNIST folder `source` (class-balanced draws, seeded).
 
     - `pretrain/`: train = `pretrain` images of the train split (pretraining reads only train);
@@ -107,7 +107,9 @@ def carve(source: str, out: str, pretrain: int, bank: int, queries: int, seed: i
     - with `monitor` > 0, `monitor/`: `monitor_bank` of the bank images (0: all), t10k = `monitor` of the test
       images (a smaller, cheaper set for the per-epoch kNN monitor);
     - with `validation` > 0, `val/`: the same bank, t10k = `validation` train images that neither pretraining nor
-      the bank uses (for tuning: the test split is not read).
+      the bank uses (for tuning: the test split is not read);
+    - with `finetune`, `finetune/`: train = the whole train split (finetune.py draws its labelled few from it),
+      t10k = the same `queries` test images as `eval/`.
     A size of 0 (or more than available) takes the whole split. Returns the folders by role.
     """
     rng = np.random.default_rng(seed)
@@ -124,6 +126,8 @@ def carve(source: str, out: str, pretrain: int, bank: int, queries: int, seed: i
         mbk = bnk[stratified(ytr[bnk], monitor_bank or len(bnk), rng)]
         folders["monitor"] = write_split_folder(os.path.join(out, "monitor"), (xtr[mbk], ytr[mbk]),
                                                 (xte[mon], yte[mon]))
+    if finetune:
+        folders["finetune"] = write_split_folder(os.path.join(out, "finetune"), (xtr, ytr), (xte[qry], yte[qry]))
     if validation:
         folders["val"] = write_split_folder(os.path.join(out, "val"), (xtr[bnk], ytr[bnk]),
                                             (xtr[held], ytr[held]))

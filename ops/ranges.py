@@ -74,6 +74,8 @@ RANGES: dict[str, Range] = {
     # run
     "dist_timeout": Range(0, 525600, low_open=True),  # minutes, at most a year (timedelta and gloo overflow)
     "budget_min": POSITIVE,
+    # demo.py's fine-tune (0: skipped)
+    "finetune_fraction": Range(0, 1), "finetune_epochs": AT_LEAST_ONE, "finetune_lr": POSITIVE,
 }
 
 

@@ -37,6 +37,12 @@ def test_smoke_demo_writes_results_and_figures(smoke_run, capsys):
     assert plan["img_per_s"] > 0 and not plan["shortened"] and (plan["epochs"], plan["images"]) == (2, 64)
     assert os.path.isfile(os.path.join(out, "plan.json")) and not os.path.exists(os.path.join(out, "calibrate"))
     assert [k["epoch"] for k in res["knn_monitor"]["by_epoch"]] == [1, 2]
+    ft = res["finetune"]  # both encoders fine-tuned on the same labelled half of the tiny train split
+    assert ft["labelled"] == 60 and ft["test_images"] == 40 and ft["epochs"] == 1
+    for name in ("clsa", "random_init"):
+        assert 0 <= ft[name]["top1"] <= 100 and ft[name]["train_images"] == 60
+    assert "--pretrained" in ft["clsa"]["command"] and "--random-init" in ft["random_init"]["command"]
+    assert res["recipe"]["cos"] == 3 and res["recipe"]["lr"] == 0.1  # the reproduction's schedule
     for png in ("loss_knn.png", "views.png"):
         with Image.open(os.path.join(out, png)) as img:
             assert img.format == "PNG" and img.size[0] > 300 and img.size[1] > 200
@@ -47,6 +53,7 @@ def test_smoke_demo_writes_results_and_figures(smoke_run, capsys):
     assert demo.main(["--report", "--out", out]) == 0
     printed = capsys.readouterr().out
     assert "random init" in printed and "CLSA, 2 epoch(s)" in printed and "kNN monitor by epoch" in printed
+    assert "fine-tuned, every layer, on 50% of the train labels (60 images, 1 epochs" in printed
     assert "img/s; the whole recipe fits --budget_min 15" in printed
 
 
@@ -56,7 +63,7 @@ def test_a_budget_too_small_for_one_epoch_reports_no_encoder(tmp_path, capsys):
     code = demo.main(["--smoke", "--data", data, "--out", out, "--no_install", "--budget_min", "0.01"])
     captured = capsys.readouterr()
     assert code == 1 and not os.path.exists(os.path.join(out, "results.json"))
-    assert "this machine: " in captured.out and "training 2 epochs on 64 images to fit 0.01 min" in captured.out
+    assert "this machine: " in captured.out and "training 1 epoch on 64 images to fit 0.01 min" in captured.out
     assert "finished no epoch within --budget_min 0.01" in captured.err
 
 
@@ -77,6 +84,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         demo.main(["--epochs", "0", "--out", str(tmp_path / "o")])
     assert err.value.code == 2
+    with pytest.raises(SystemExit) as err:
+        demo.main(["--finetune_fraction", "1.5", "--out", str(tmp_path / "o")])
+    assert err.value.code == 2 and "--finetune_fraction must be" in capsys.readouterr().err
 
 
 def test_recipes_are_valid_main_clsa_views():

@@ -5,8 +5,6 @@ import pytest
 from experiments.demo_sizing import (
     EVAL_FLOOR,
     EVAL_SHARE,
-    FLOOR_IMAGES,
-    MIN_EPOCHS,
     MONITOR_FLOOR,
     STEP,
     EvalSizes,
@@ -18,34 +16,37 @@ from experiments.demo_sizing import (
 from ops.runlog import AverageMeter, progress_line
 
 KNN = 7000  # the demo's monitor: 5000 bank + 2000 queries
-QUIET_LEFT = 900 - 110  # 15 min less data preparation, speed measurement, start-up and the evaluation reserve
+QUIET_LEFT = 900 - 200  # 15 min less data preparation, speed measurement, start-up and the evaluation reserve
+ALL = 60000  # the demo pretrains on every train image unless --subset says otherwise
 
 
 def test_quiet_machine_keeps_the_recipe():
-    plan = fit(400.0, QUIET_LEFT, 9, 30000, KNN, 128)
-    assert (plan.epochs, plan.images, plan.shortened) == (9, 30000, False)
+    plan = fit(400.0, QUIET_LEFT, 4, ALL, KNN, 128)
+    assert (plan.epochs, plan.images, plan.shortened) == (4, ALL, False)
 
 
-@pytest.mark.parametrize("rate,left", [(400.0, 190.0), (130.0, 790.0), (60.0, 790.0), (150.0, 300.0)])
-def test_slow_or_short_runs_shrink_to_whole_epochs_that_fit(rate, left):
-    plan = fit(rate, left, 9, 30000, KNN, 128)
-    assert plan.shortened and MIN_EPOCHS <= plan.epochs <= 9 and plan.images % STEP == 0
+@pytest.mark.parametrize("rate,left", [(400.0, 190.0), (130.0, 790.0), (60.0, 790.0), (150.0, 300.0),
+                                       (75.0, 500.0)])
+def test_slow_or_short_runs_see_every_image_before_repeating_one(rate, left):
+    plan = fit(rate, left, 4, ALL, KNN, 128)
+    assert plan.shortened and 1 <= plan.epochs < 4 and plan.images % STEP == 0
     assert plan.epochs * epoch_seconds(plan.images, KNN, rate) <= left
-    if plan.images > FLOOR_IMAGES:  # images were cut first, at the asked epochs
-        assert plan.epochs == 9 and 9 * epoch_seconds(plan.images + STEP, KNN, rate) > left
-    elif plan.epochs > MIN_EPOCHS:  # then epochs, at the floor
-        assert plan.images == FLOOR_IMAGES and (plan.epochs + 1) * epoch_seconds(FLOOR_IMAGES, KNN, rate) > left
+    if plan.images == ALL:  # epochs were cut first, over all the images
+        assert (plan.epochs + 1) * epoch_seconds(ALL, KNN, rate) > left
+    else:  # then one epoch of as many images as fit
+        assert plan.epochs == 1 and epoch_seconds(ALL, KNN, rate) > left
+        assert epoch_seconds(plan.images + STEP, KNN, rate) > left
 
 
 def test_more_time_never_trains_less():
-    work = [fit(200.0, left, 9, 30000, KNN, 128) for left in range(60, 1500, 40)]
+    work = [fit(200.0, left, 4, ALL, KNN, 128) for left in range(60, 1500, 40)]
     seen = [p.epochs * p.images for p in work]
-    assert seen == sorted(seen) and seen[-1] == 9 * 30000
+    assert seen == sorted(seen) and seen[-1] == 4 * ALL
 
 
-def test_hopeless_budget_still_plans_two_epochs_of_some_batches():
-    plan = fit(50.0, 5.0, 9, 30000, KNN, 128)
-    assert plan.shortened and plan.epochs == MIN_EPOCHS and plan.images == 4 * 128
+def test_hopeless_budget_still_plans_one_epoch_of_some_batches():
+    plan = fit(50.0, 5.0, 4, ALL, KNN, 128)
+    assert plan.shortened and plan.epochs == 1 and plan.images == 4 * 128
 
 
 def test_steady_rate_skips_the_first_iterations():
@@ -63,8 +64,9 @@ def test_steady_rate_skips_the_first_iterations():
 
 
 def test_plan_line_says_what_runs():
-    plan = fit(400.0, 120.0, 9, 30000, KNN, 128)
-    want = f"this machine: 400 img/s; training {plan.epochs} epochs on {plan.images} images to fit 5 min"
+    plan = fit(400.0, 120.0, 4, ALL, KNN, 128)
+    assert plan.epochs == 1  # 120 s: one epoch of 47,500 images
+    want = f"this machine: 400 img/s; training 1 epoch on {plan.images} images to fit 5 min"
     assert plan.line(5) == want
 
 
@@ -91,3 +93,19 @@ def test_hopeless_speed_keeps_the_floors():
         EVAL_FLOOR, EVAL_FLOOR, MONITOR_FLOOR, MONITOR_FLOOR)
     tiny = EvalSizes(64, 40, 64, 40)  # the smoke sizes are below every floor and stay as asked
     assert fit_eval(5.0, 60.0, tiny) == EvalSizes(64, 40, 64, 40)
+
+
+WITH_FT = EvalSizes(bank=10000, queries=10000, monitor_bank=5000, monitor_queries=2000, finetune_passes=600 * 10)
+
+
+def test_the_fine_tune_is_costed_and_kept_while_the_images_shrink():
+    assert WITH_FT.seconds(100.0) > ASKED.seconds(100.0) + 2 * 600 * 10 / (3 * 100.0)  # two runs, more than kNN cost
+    assert fit_eval(400.0, 900.0, WITH_FT) == WITH_FT
+    got = fit_eval(75.0, 900.0, WITH_FT)
+    assert got.finetune_passes == WITH_FT.finetune_passes and got.seconds(75.0) <= EVAL_SHARE * 900.0
+    assert got.bank < WITH_FT.bank and got.bank == got.queries
+
+
+def test_the_fine_tune_is_dropped_when_even_the_floors_do_not_fit():
+    got = fit_eval(20.0, 900.0, WITH_FT)
+    assert got.finetune_passes == 0 and got == fit_eval(20.0, 900.0, ASKED)

@@ -143,9 +143,9 @@ def test_a_stop_signal_before_the_training_loop(data, tmp_path, signum, code):
 def test_demo_results_are_replaced_atomically(tmp_path):
     import demo
     path = str(tmp_path / "results.json")
-    demo.write_results(path, {"encoders": {"clsa": {"knn_top1": 80.0}}})
+    demo.write_json(path, {"encoders": {"clsa": {"knn_top1": 80.0}}})
     with pytest.raises(TypeError):  # fails halfway through serialising, as a stopped demo would
-        demo.write_results(path, {"encoders": {"clsa": {"knn_top1": 81.0}}, "figures": [object()]})
+        demo.write_json(path, {"encoders": {"clsa": {"knn_top1": 81.0}}, "figures": [object()]})
     with open(path) as f:
         assert json.load(f) == {"encoders": {"clsa": {"knn_top1": 80.0}}}
     assert os.listdir(tmp_path) == ["results.json"]
