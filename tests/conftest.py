@@ -113,3 +113,15 @@ def pretraining_shaped_checkpoint(path: str, arch: str = "resnet18") -> str:
     torch.save({"epoch": 1, "arch": arch, "args": {"arch": arch},
                 "state_dict": {"module.encoder_q." + k: v for k, v in weights.items()}}, path)
     return path
+
+
+# `make test` runs the files on 2 pytest-xdist workers, a file at a time per worker (--dist loadfile), handed out in
+# collection order: the longest files go first (measured on 2 AVX2 cores), so that the end is not one long file
+# running alone on one worker while the other idles.
+LONGEST_FIRST = ("test_two_nodes.py", "test_pretrain.py", "test_faults.py", "test_checkpoints.py", "test_bench.py",
+                 "test_finetune.py", "test_one_line_errors.py", "test_demo.py", "test_lincls.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
