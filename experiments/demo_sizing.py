@@ -2,9 +2,9 @@
 
 The demo measures its training speed r (images/s) in the first iterations, then picks epochs E and images N with
 E * (N / r + c_kNN) <= the seconds left, where c_kNN is the per-epoch kNN monitor (forward passes only, costed at
-KNN_SPEEDUP images per training image). Preference: the full recipe; else fewer epochs over all the asked images
-(down to one); else one epoch of fewer images. A short schedule sees as many different images as it can rather than
-repeating a subset (the per-iteration cosine schedule runs its whole course either way).
+KNN_SPEEDUP images per training image). Preference: the full recipe; else the most training images E * N that fit
+(E at most the asked epochs, N at most the asked images), and of equal totals the one with fewer epochs over more
+different images (the per-iteration cosine schedule runs its whole course either way).
 
 The final evaluation (kNN + linear probe of two encoders: 2 x (bank + queries) forward passes; the 1 %-label
 fine-tune of both: 2 x (labelled images x epochs training passes + queries)) is sized first, by `fit_eval`: when it
@@ -120,8 +120,12 @@ def fit(rate: float, seconds: float, epochs: int, images: int, knn_images: int, 
     """The largest run of whole epochs that fits `seconds` at `rate` images/s, in the order of the module doc."""
     if epochs * epoch_seconds(images, knn_images, rate) <= seconds:
         return Plan(epochs, images, rate, False)
-    e = int(seconds // epoch_seconds(images, knn_images, rate))
-    if e >= 1:
-        return Plan(min(e, epochs), images, rate, True)
-    n = int(max(seconds - epoch_seconds(0, knn_images, rate), 0.0) * rate) // STEP * STEP
-    return Plan(1, max(min(n, images), min(images, 4 * batch)), rate, True)
+    best = Plan(1, 0, rate, True)
+    for e in range(1, epochs + 1):
+        per_epoch = seconds / e - epoch_seconds(0, knn_images, rate)
+        n = min(images, int(max(per_epoch * rate, 0.0)) // STEP * STEP)
+        if e * n > best.epochs * best.images:  # ties keep fewer epochs over more images
+            best = Plan(e, n, rate, True)
+    if best.images < min(images, 4 * batch):  # hopeless: still a few batches, so there is an encoder to report
+        return Plan(1, min(images, 4 * batch), rate, True)
+    return best

@@ -25,23 +25,34 @@ def test_quiet_machine_keeps_the_recipe():
     assert (plan.epochs, plan.images, plan.shortened) == (4, ALL, False)
 
 
+def most_images_that_fit(epochs: int, rate: float, left: float) -> int:
+    """Brute force: the largest multiple of STEP (at most ALL) whose `epochs` epochs fit in `left` seconds."""
+    fitting = [n for n in range(0, ALL + 1, STEP) if epochs * epoch_seconds(n, KNN, rate) <= left]
+    return max(fitting) if fitting else 0
+
+
 @pytest.mark.parametrize("rate,left", [(400.0, 190.0), (130.0, 790.0), (60.0, 790.0), (150.0, 300.0),
-                                       (75.0, 500.0)])
-def test_slow_or_short_runs_see_every_image_before_repeating_one(rate, left):
+                                       (75.0, 500.0), (69.0, 1300.0)])
+def test_slow_or_short_runs_train_the_most_images_that_fit(rate, left):
     plan = fit(rate, left, 4, ALL, KNN, 128)
-    assert plan.shortened and 1 <= plan.epochs < 4 and plan.images % STEP == 0
+    assert plan.shortened and 1 <= plan.epochs <= 4 and plan.images % STEP == 0
     assert plan.epochs * epoch_seconds(plan.images, KNN, rate) <= left
-    if plan.images == ALL:  # epochs were cut first, over all the images
-        assert (plan.epochs + 1) * epoch_seconds(ALL, KNN, rate) > left
-    else:  # then one epoch of as many images as fit
-        assert plan.epochs == 1 and epoch_seconds(ALL, KNN, rate) > left
-        assert epoch_seconds(plan.images + STEP, KNN, rate) > left
+    seen = {e: e * most_images_that_fit(e, rate, left) for e in range(1, 5)}
+    assert plan.epochs * plan.images == max(seen.values())
+    assert plan.epochs == min(e for e, total in seen.items() if total == max(seen.values()))  # fewer epochs first
 
 
 def test_more_time_never_trains_less():
     work = [fit(200.0, left, 4, ALL, KNN, 128) for left in range(60, 1500, 40)]
     seen = [p.epochs * p.images for p in work]
     assert seen == sorted(seen) and seen[-1] == 4 * ALL
+
+
+def test_one_epoch_of_every_image_when_it_is_the_most_that_fits():
+    plan = fit(400.0, 160.0, 4, ALL, KNN, 128)  # 2 epochs of 29,500 would see fewer images than 1 of 60,000
+    assert (plan.epochs, plan.images) == (1, ALL)
+    plan = fit(69.0, 1300.0, 4, ALL, KNN, 128)  # 1 epoch of all would leave 7 of the 21 minutes unused
+    assert plan.epochs == 2 and plan.images < ALL
 
 
 def test_hopeless_budget_still_plans_one_epoch_of_some_batches():
@@ -65,7 +76,7 @@ def test_steady_rate_skips_the_first_iterations():
 
 def test_plan_line_says_what_runs():
     plan = fit(400.0, 120.0, 4, ALL, KNN, 128)
-    assert plan.epochs == 1  # 120 s: one epoch of 47,500 images
+    assert plan.epochs == 1  # 120 s: one epoch of 47,000 images
     want = f"this machine: 400 img/s; training 1 epoch on {plan.images} images to fit 5 min"
     assert plan.line(5) == want
 
