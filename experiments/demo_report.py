@@ -77,8 +77,7 @@ def print_table(summary: dict) -> None:
     """The demo's closing table: pretrained vs random init, and where the short run stands."""
     enc = summary["encoders"]
     knn = summary["knn_monitor"]["by_epoch"]
-    done = summary["epochs_done"]
-    rows = [("random init", enc["random_init"]), (f"CLSA, {done} epoch(s)", enc["clsa"])]
+    rows = [("random init", enc["random_init"]), (f"CLSA, {epochs_trained(summary)} epoch(s)", enc["clsa"])]
     q = enc["clsa"]["queries"]
     print("")
     print(f"Fashion-MNIST test split ({q} images), resnet18, frozen features; kNN bank / probe train: "
@@ -115,22 +114,28 @@ def print_table(summary: dict) -> None:
     print(f"results: {summary['figures'][0]}, {summary['figures'][-1]}, TensorBoard: {summary['tensorboard']}")
 
 
+def epochs_trained(summary: dict) -> str:
+    """Epochs of pretraining, with the fraction of an epoch the time budget stopped (e.g. "0.83")."""
+    t = summary.get("epochs_trained", summary["epochs_done"])
+    return f"{t:g}" if t == int(t) else f"{t:.2f}"
+
+
 def standing(d: float) -> str:
     return "ahead" if d > SPREAD else "behind" if d < -SPREAD else "level"
 
 
 def where_it_stands(summary: dict, d_knn: float, d_lin: float, d_ft: float | None) -> str:
     """The closing verdict, one clause per kind of evaluation, and what budget would change it on this machine."""
-    done, images = summary["epochs_done"], summary["pretrain_images"]
+    done, images = summary.get("epochs_trained", summary["epochs_done"]), summary["pretrain_images"]
     frozen = {standing(d_knn), standing(d_lin)}
     words = [f"{frozen.pop() if len(frozen) == 1 else 'mixed'} on frozen features (kNN {d_knn:+.2f}, linear "
              f"{d_lin:+.2f})"]
     if d_ft is not None:
         words.append(f"{standing(d_ft)} when every layer is fine-tuned on "
                      f"{summary['finetune']['fraction']:.0%} of the labels ({d_ft:+.2f})")
-    text = (f"Where this stands: against the same resnet18 at random initialisation, after {done} short epoch(s) of "
-            f"{images} images on a CPU the pretrained encoder is {' and '.join(words)} (within {SPREAD:g} point: "
-            "level, inside the seed-to-seed spread).")
+    text = (f"Where this stands: against the same resnet18 at random initialisation, after "
+            f"{epochs_trained(summary)} short epoch(s) of {images} images on a CPU the pretrained encoder is "
+            f"{' and '.join(words)} (within {SPREAD:g} point: level, inside the seed-to-seed spread).")
     knn = summary["knn_monitor"]["by_epoch"]
     if len(knn) >= 2:
         text += (" The kNN monitor was still rising at the last epoch." if knn[-1]["top1"] > knn[-2]["top1"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 KNN_SPEEDUP = 5.0  # a kNN image (one 32-px forward) vs a training image (3 views, backward); measured 6.4x
 FT_SPEEDUP = 1.5  # a fine-tune image (one 32-px view, forward and backward) vs a pretraining image
 FT_FIXED_S = 20.0  # per fine-tune run: process start, data, model build
+SPEED_MARGIN = 0.85  # plan at this share of the measured speed: a 2-core VM's speed drifts by 10-25 % within minutes
 STEP = 500  # subsets are multiples of this (class-balanced carving, whole batches)
 EVAL_SHARE = 0.3  # the final evaluation's share of the budget at most ...
 EVAL_FIXED_S = 15.0  # ... counting its fixed cost (model builds, linear-probe fits)

@@ -64,7 +64,7 @@ def test_a_budget_too_small_for_one_epoch_reports_no_encoder(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 1 and not os.path.exists(os.path.join(out, "results.json"))
     assert "this machine: " in captured.out and "training 1 epoch on 64 images to fit 0.01 min" in captured.out
-    assert "finished no epoch within --budget_min 0.01" in captured.err
+    assert "trained no iteration within --budget_min 0.01" in captured.err
 
 
 def test_smoke_demo_logs_losses_and_knn_to_tensorboard(smoke_run):
@@ -111,3 +111,16 @@ def test_plot_curves_from_tensorboard_events(tmp_path):
     path = plot_curves(scalars, str(tmp_path / "c.png"), random_knn=72.0)
     with Image.open(path) as img:
         assert img.format == "PNG"
+
+
+def test_a_run_stopped_mid_epoch_reports_the_fraction_it_trained(smoke_run, capsys):
+    from experiments.demo_report import print_table
+    _, out = smoke_run
+    with open(os.path.join(out, "results.json")) as f:
+        res = json.load(f)
+    res.update(epochs_done=0, epochs_trained=0.75, stopped_at_budget=True)  # the guard stopped epoch 1 at 3/4
+    capsys.readouterr()
+    print_table(res)
+    printed = capsys.readouterr().out
+    assert "CLSA, 0.75 epoch(s)" in printed and "after 0.75 short epoch(s) of 64 images" in printed
+    assert "(stopped early at the time budget)" in printed
