@@ -28,7 +28,7 @@ test: $(STAMP) $(D2_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile tests
 
-# Fashion-MNIST (installed with apt when missing; FASHION_MNIST_DIR=... points at another copy), ~13 min on 2 cores.
+# Fashion-MNIST (installed with apt when missing; FASHION_MNIST_DIR=... points at another copy), within 15 min.
 demo: $(STAMP)
 	$(BIN)/python demo.py $(DEMO_ARGS)
 

@@ -9,6 +9,7 @@ import numpy as np
 from data_processing.datasets import FashionMNIST
 from data_processing.transforms import MultiViewTransform
 from data_processing.view_plan import ViewPlan, expand_crops
+from experiments.demo_sizing import SPEED_MARGIN, EvalSizes
 from experiments.plots import plot_curves, plot_views, read_scalars
 from experiments.recipe import Recipe
 
@@ -16,6 +17,7 @@ LONGER = "docs/reproduction.md (experiments/reproduce.py)"
 LONGER_RUN = "python demo.py --epochs 30 --subset 0 --budget_min 120"
 SPREAD = 1.0  # points: seed-to-seed spread of one metric at this scale (docs/reproduction.md); smaller is "level"
 PASS_IMAGES = 120000  # pretraining images after which frozen kNN clearly passes random init (docs/demo.md)
+STARTUP_S = 120.0  # data preparation, speed measurement and process start-ups of a demo run
 
 
 def view_grid(folder: str, recipe: Recipe, path: str, seed: int = 0, rows: int = 5) -> str:
@@ -142,10 +144,11 @@ def where_it_stands(summary: dict, d_knn: float, d_lin: float, d_ft: float | Non
                  else " The kNN monitor did not rise at the last epoch.")
     plan = summary.get("plan") or {}
     if standing(d_knn) != "ahead" and plan.get("img_per_s") and done * images < PASS_IMAGES:
-        rate, other = plan["img_per_s"], summary["wall_time_s"] - summary["pretrain_seconds"]
-        minutes = -(-(PASS_IMAGES / rate + other) // 60)
+        rate = plan["img_per_s"] * SPEED_MARGIN  # the speed the demo plans with
+        pretrain_s = PASS_IMAGES / rate
+        total = pretrain_s + EvalSizes(**plan["asked_eval"]).seconds(rate) + STARTUP_S
         text += (f" Random init is a strong frozen-feature baseline on 28-px images: frozen kNN passes it after about "
-                 f"{PASS_IMAGES:,} pretraining images (docs/demo.md), {PASS_IMAGES / rate / 60:.0f} min at this "
-                 f"machine's {rate:.0f} img/s: python demo.py --budget_min {minutes:.0f}.")
+                 f"{PASS_IMAGES:,} pretraining images (docs/demo.md), {pretrain_s / 60:.0f} min at the {rate:.0f} "
+                 f"img/s the demo plans with here: python demo.py --budget_min {-(-total // 60):.0f}.")
     return (text + f" The paper pretrains 200-800 epochs on ImageNet; a longer run here: {LONGER_RUN}. CLSA vs MoCo "
             f"v2 at equal epochs: {LONGER}.")
