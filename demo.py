@@ -197,8 +197,13 @@ def finetune_both(args: argparse.Namespace, folder: str | None, ckpt: str, sizes
     p = Protocol(batch=16 if args.smoke else FINETUNE_BATCH, workers=0 if args.smoke else 1)
     print(f"{PROG}: fine-tuning both encoders on {args.finetune_fraction:.0%} of the train labels "
           f"({args.finetune_epochs} epochs, base lr {args.finetune_lr:g}, batch {p.batch})", flush=True)
-    return finetune_pair(ckpt, args.seed, folder, os.path.join(args.out, "finetune"), args.finetune_fraction,
-                         args.finetune_epochs, args.finetune_lr, p)
+    try:
+        return finetune_pair(ckpt, args.seed, folder, os.path.join(args.out, "finetune"), args.finetune_fraction,
+                             args.finetune_epochs, args.finetune_lr, p)
+    except RuntimeError as err:  # the frozen-feature results are still written; the log names the cause
+        first = str(err).splitlines()[0]
+        print(f"{PROG}: the fine-tune failed ({first}); see {args.out}/finetune/", file=sys.stderr, flush=True)
+        return {"skipped": f"finetune.py failed: {first}"}
 
 
 def apply_sizes(args: argparse.Namespace, images: int, sizes: EvalSizes) -> None:

@@ -124,3 +124,17 @@ def test_a_run_stopped_mid_epoch_reports_the_fraction_it_trained(smoke_run, caps
     printed = capsys.readouterr().out
     assert "CLSA, 0.75 epoch(s)" in printed and "after 0.75 short epoch(s) of 64 images" in printed
     assert "(stopped early at the time budget)" in printed
+
+
+def test_a_failed_fine_tune_is_one_line_and_a_record_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """main() writes results.json with whatever finetune_both returns, so the frozen-feature results survive."""
+    def failing(*_args, **_kwargs):
+        raise RuntimeError("finetune.py exited with 1:\nno space left on device")
+    monkeypatch.setattr(demo, "finetune_pair", failing)
+    args = demo.build_parser().parse_args(["--out", str(tmp_path)])
+    sizes = demo.EvalSizes(2000, 2000, 1000, 1000, finetune_passes=6000)
+    got = demo.finetune_both(args, str(tmp_path / "ft"), str(tmp_path / "ckpt"), sizes)
+    assert got == {"skipped": "finetune.py failed: finetune.py exited with 1:"}
+    assert "the fine-tune failed (finetune.py exited with 1:)" in capsys.readouterr().err
+    assert demo.finetune_both(args, "", "", demo.EvalSizes(2000, 2000, 1000, 1000)) == {
+        "skipped": "no time within --budget_min 15"}
