@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     apply_sizes(args, plan.images, sizes)
     folders, _ = prepare_data(args, source)
     recipe.epochs = plan.epochs
-    recipe.warmup_iters = min(WARMUP_ITERS, plan.epochs * (plan.images // recipe.batch_size) // 10)
+    iters_per_epoch = plan.images // recipe.batch_size
+    recipe.warmup_iters = min(WARMUP_ITERS, plan.epochs * iters_per_epoch // 10)
     argv_pre = recipe.argv(folders["pretrain"], run_dir, folders["monitor"])
     print(f"{PROG}: pretraining: {' '.join(argv_pre[1:])}", flush=True)
     deadline = start + args.budget_min * 60 - (0 if args.smoke else eval_s)
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     curves = write_figures(run_dir, args.out, monitor_random)
     summary = {"encoders": results, "finetune": finetune, "arch": recipe.arch, "epochs": recipe.epochs,
                "epochs_done": state["epochs_done"],
-               "epochs_trained": state["epochs_done"] + state["iteration"] / max(plan.images // recipe.batch_size, 1),
+               "epochs_trained": state["epochs_done"] + state["iteration"] / max(iters_per_epoch, 1),
                "stopped_at_budget": pre["stopped_at_deadline"], "pretrain_images": args.subset or 60000,
                "knn_monitor": {"by_epoch": state["knn_monitor"], "random_init": monitor_random,
                                "queries": args.monitor_queries, "bank": args.monitor_bank or args.bank},

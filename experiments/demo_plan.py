@@ -78,7 +78,7 @@ def size_run(args: argparse.Namespace, recipe: Recipe, folders: dict[str, str], 
     plan = dataclasses.replace(fit(safe, left, epochs, asked[1] or 60000, sizes.monitor_images, recipe.batch_size),
                                img_per_s=rate)
     print(f"{PROG}: {plan.line(args.budget_min)}", flush=True)
-    if dataclasses.replace(sizes, finetune_passes=asked_eval.finetune_passes) != asked_eval:
+    if sizes.counts != asked_eval.counts:
         print(f"{PROG}: evaluating on {sizes.bank} bank / {sizes.queries} test images (kNN monitor "
               f"{sizes.monitor_bank} / {sizes.monitor_queries}) to fit", flush=True)
     with open(os.path.join(args.out, "plan.json"), "w") as f:

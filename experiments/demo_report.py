@@ -57,7 +57,7 @@ def write_figures(run_dir: str, out: str, random_knn: float | None = None) -> li
     return [path]
 
 
-def print_finetune(ft: dict, rows: list[tuple[str, dict]]) -> float | None:
+def print_finetune(ft: dict, clsa_label: str) -> float | None:
     """The fine-tune rows (every layer, few labels); returns CLSA's difference to random init, None when skipped."""
     if "skipped" in ft or not ft:
         if ft:
@@ -66,10 +66,8 @@ def print_finetune(ft: dict, rows: list[tuple[str, dict]]) -> float | None:
     print(f"fine-tuned, every layer, on {ft['fraction']:.0%} of the train labels ({ft['labelled']} images, "
           f"{ft['epochs']} epochs, base lr {ft['base_lr']:g}); test: {ft['test_images']} images")
     print(f"{'encoder':<22}{'top-1':>10}")
-    keys = {"random init": "random_init"}
-    for name, _ in rows:
-        r = ft[keys.get(name, "clsa")]
-        print(f"{name:<22}{r['top1']:>10.2f}   ({r['seconds'] / 60:.1f} min)")
+    for label, r in (("random init", ft["random_init"]), (clsa_label, ft["clsa"])):
+        print(f"{label:<22}{r['top1']:>10.2f}   ({r['seconds'] / 60:.1f} min)")
     diff = ft["clsa"]["top1"] - ft["random_init"]["top1"]
     print(f"{'difference':<22}{diff:>+10.2f}")
     return diff
@@ -79,7 +77,8 @@ def print_table(summary: dict) -> None:
     """The demo's closing table: pretrained vs random init, and where the short run stands."""
     enc = summary["encoders"]
     knn = summary["knn_monitor"]["by_epoch"]
-    rows = [("random init", enc["random_init"]), (f"CLSA, {epochs_trained(summary)} epoch(s)", enc["clsa"])]
+    clsa_label = f"CLSA, {epochs_label(summary)} epoch(s)"
+    rows = [("random init", enc["random_init"]), (clsa_label, enc["clsa"])]
     q = enc["clsa"]["queries"]
     print("")
     print(f"Fashion-MNIST test split ({q} images), resnet18, frozen features; kNN bank / probe train: "
@@ -90,7 +89,7 @@ def print_table(summary: dict) -> None:
     d_knn = enc["clsa"]["knn_top1"] - enc["random_init"]["knn_top1"]
     d_lin = enc["clsa"]["linear_top1"] - enc["random_init"]["linear_top1"]
     print(f"{'difference':<22}{d_knn:>+10.2f}{d_lin:>+14.2f}")
-    d_ft = print_finetune(summary.get("finetune") or {}, rows)
+    d_ft = print_finetune(summary.get("finetune") or {}, clsa_label)
     if knn:
         rise = knn[-1]["top1"] - knn[0]["top1"]
         trail = ", ".join(f"{k['top1']:.1f}" for k in knn)
@@ -106,8 +105,7 @@ def print_table(summary: dict) -> None:
               f"{plan['asked_images']}")
     elif plan:
         print(f"this machine: {plan['img_per_s']:.0f} img/s; the whole recipe fits --budget_min {plan['budget_min']:g}")
-    counts = ("bank", "queries", "monitor_bank", "monitor_queries")
-    if plan and "eval" in plan and any(plan["eval"][k] != plan["asked_eval"][k] for k in counts):
+    if plan and "eval" in plan and EvalSizes(**plan["eval"]).counts != EvalSizes(**plan["asked_eval"]).counts:
         got, want = plan["eval"], plan["asked_eval"]
         print(f"evaluation shortened too: {got['bank']} bank / {got['queries']} test images (kNN monitor "
               f"{got['monitor_bank']} / {got['monitor_queries']}) instead of {want['bank']} / {want['queries']} "
@@ -116,9 +114,13 @@ def print_table(summary: dict) -> None:
     print(f"results: {summary['figures'][0]}, {summary['figures'][-1]}, TensorBoard: {summary['tensorboard']}")
 
 
-def epochs_trained(summary: dict) -> str:
-    """Epochs of pretraining, with the fraction of an epoch the time budget stopped (e.g. "0.83")."""
-    t = summary.get("epochs_trained", summary["epochs_done"])
+def epochs_trained(summary: dict) -> float:
+    """Epochs of pretraining, with the fraction of an epoch the time budget stopped (older results: whole epochs)."""
+    return summary.get("epochs_trained", summary["epochs_done"])
+
+
+def epochs_label(summary: dict) -> str:
+    t = epochs_trained(summary)
     return f"{t:g}" if t == int(t) else f"{t:.2f}"
 
 
@@ -128,7 +130,7 @@ def standing(d: float) -> str:
 
 def where_it_stands(summary: dict, d_knn: float, d_lin: float, d_ft: float | None) -> str:
     """The closing verdict, one clause per kind of evaluation, and what budget would change it on this machine."""
-    done, images = summary.get("epochs_trained", summary["epochs_done"]), summary["pretrain_images"]
+    done, images = epochs_trained(summary), summary["pretrain_images"]
     frozen = {standing(d_knn), standing(d_lin)}
     words = [f"{frozen.pop() if len(frozen) == 1 else 'mixed'} on frozen features (kNN {d_knn:+.2f}, linear "
              f"{d_lin:+.2f})"]
@@ -136,7 +138,7 @@ def where_it_stands(summary: dict, d_knn: float, d_lin: float, d_ft: float | Non
         words.append(f"{standing(d_ft)} when every layer is fine-tuned on "
                      f"{summary['finetune']['fraction']:.0%} of the labels ({d_ft:+.2f})")
     text = (f"Where this stands: against the same resnet18 at random initialisation, after "
-            f"{epochs_trained(summary)} short epoch(s) of {images} images on a CPU the pretrained encoder is "
+            f"{epochs_label(summary)} short epoch(s) of {images} images on a CPU the pretrained encoder is "
             f"{' and '.join(words)} (within {SPREAD:g} point: level, inside the seed-to-seed spread).")
     knn = summary["knn_monitor"]["by_epoch"]
     if len(knn) >= 2:

@@ -81,12 +81,19 @@ class EvalSizes:
         """One fine-tune run: its training passes, then the test images."""
         if not self.finetune_passes:
             return 0.0
-        return FT_FIXED_S + self.finetune_passes / (FT_SPEEDUP * rate) + self.queries / (KNN_SPEEDUP * rate)
+        return self._finetune_training(rate) + self.queries / (KNN_SPEEDUP * rate)
 
     def fixed_seconds(self, rate: float) -> float:
         """The part of `seconds` that does not shrink with the image counts."""
-        train = FT_FIXED_S + self.finetune_passes / (FT_SPEEDUP * rate) if self.finetune_passes else 0.0
-        return EVAL_FIXED_S + 2 * train
+        return EVAL_FIXED_S + (2 * self._finetune_training(rate) if self.finetune_passes else 0.0)
+
+    def _finetune_training(self, rate: float) -> float:
+        return FT_FIXED_S + self.finetune_passes / (FT_SPEEDUP * rate)
+
+    @property
+    def counts(self) -> tuple[int, int, int, int]:
+        """The four image counts (bank, queries, monitor bank, monitor queries), without the fine-tune."""
+        return self.bank, self.queries, self.monitor_bank, self.monitor_queries
 
     @property
     def monitor_images(self) -> int:

@@ -163,8 +163,6 @@ def backfill_finetune(done: str, folders: dict[str, str]) -> None:
     write_json(done, result)
 
 
-
-
 def monitor_random_init(folder: str, out: str) -> float:
     """kNN top-1 of the seed-0 random-init resnet18 on the monitor set (cached in <out>/monitor_random_init.json)."""
     path = os.path.join(out, "monitor_random_init.json")
