@@ -1,8 +1,8 @@
 """Two real nodes: each runs the entry script with 2 CPU processes in its own network namespace, joined to the other
 by a veth pair (tests/netns_support.py), so gloo talks over that link only, as between two machines.
 
-One module-scoped run set is shared by the assertions (the 4-process reference on one node, the 2021-style command,
-the same preempted on node 1 and resumed, torchrun --nnodes 2, lincls.py on one and two nodes). Equality with the
+One module-scoped run set is shared by the assertions (the 4-process reference on one node, the 2021-style command
+preempted on node 1 and resumed, torchrun --nnodes 2, lincls.py on one and two nodes). Equality with the
 reference is exact: gloo reduces in the same order for the same world size and ranks whatever the transport, and
 CLSA_TRACE_DIR with tests/trace_hooks on PYTHONPATH (its sitecustomize.py wraps library functions in every process)
 records what every process computed.
@@ -106,13 +106,9 @@ def runs(nodes, data, tmp_path_factory):
                       f"{root}/ref", "--dist_url", f"tcp://127.0.0.1:{free_port()}"], env=trace_env("ref_trace"))
     assert ref.returncode == 0, ref.stdout + ref.stderr
 
-    # The 2021 command on two nodes.
-    port = next(_ports)
-    procs = _start(nodes, lambda n: _node_command(nodes, n, port, *common, "--run_dir", f"{root}/old"),
-                   env("old_trace"))
-    old = _finish(procs)
-
-    # The same, preempted: SIGTERM reaches node 1 only (all its processes, as SLURM signals a job step).
+    # The 2021 command on two nodes, preempted: SIGTERM reaches node 1 only (all its processes, as SLURM signals a
+    # job step), then resumed. Stopped + resumed must compute what the one-node run did (no separate uninterrupted
+    # two-node run: each process start costs seconds of imports, and these two cover every iteration).
     port = next(_ports)
     flags = [*common, "--resume", "auto", "--run_dir", f"{root}/pre"]
     procs = _start(nodes, lambda n: _node_command(nodes, n, port, *flags), env("pre_trace"))
@@ -145,7 +141,7 @@ def runs(nodes, data, tmp_path_factory):
                                      "--dist-url", f"tcp://{nodes.addresses[0]}:{port}", "--save_path",
                                      f"{root}/lin_two"], env("lin_two_trace"))
     lin_two = _finish(procs)
-    return {"root": root, "ref": ref, "old": old, "stopped": stopped, "files_at_stop": files_at_stop,
+    return {"root": root, "ref": ref, "stopped": stopped, "files_at_stop": files_at_stop,
             "partial": partial, "resumed": resumed, "torchrun": torchrun, "lin_ref": lin_ref, "lin_two": lin_two}
 
 
@@ -155,17 +151,25 @@ def _steps(trace: list[dict]) -> list[dict]:
 
 def test_2021_command_on_two_nodes_equals_one_node(runs):
     """Every process's losses, shuffle-BN permutations, gathered inputs and positives, then the weights, BN
-    statistics, queue and momentum buffers: bit for bit those of one node with 4 processes."""
+    statistics, queue and momentum buffers: bit for bit those of one node with 4 processes (the two-node run is
+    the preempted one below, its records before the stop followed by those after the resume)."""
     root = runs["root"]
-    codes, outs = runs["old"]
+    stop_outs, (codes, outs) = runs["stopped"][1], runs["resumed"]
     assert codes == [0, 0], outs
-    assert "4 process(es) on cpu, batch 2 per process (global 8)" in outs[0] and "process(es)" not in outs[1]
+    for out in (stop_outs, outs):
+        assert "4 process(es) on cpu, batch 2 per process (global 8)" in out[0] and "process(es)" not in out[1]
     assert "finished in" in outs[0] and "finished in" not in outs[1]  # node 0 alone prints
-    got, ref = _traces(f"{root}/old_trace"), _traces(f"{root}/ref_trace")
+    got, ref = _two_node_traces(root), _traces(f"{root}/ref_trace")
     assert sorted(got) == [0, 1, 2, 3] and len(_steps(ref[0])) == 4
     for rank in range(4):
         assert got[rank] == ref[rank], f"rank {rank} differs from the one-node run"
-    _assert_same_state(f"{root}/ref/checkpoint_last.pth.tar", f"{root}/old/checkpoint_last.pth.tar")
+    _assert_same_state(f"{root}/ref/checkpoint_last.pth.tar", f"{root}/pre/checkpoint_last.pth.tar")
+
+
+def _two_node_traces(root: str) -> dict[int, list[dict]]:
+    """Per rank: the preempted two-node run's records, then its resumed run's."""
+    before, after = _traces(f"{root}/pre_trace"), _traces(f"{root}/pre_resumed_trace")
+    return {rank: before[rank] + after.get(rank, []) for rank in before}
 
 
 def test_sigterm_on_node_1_stops_all_four_once_and_resume_auto_continues(runs):
@@ -229,7 +233,7 @@ def test_positives_are_global_rank_rows_and_shuffle_bn_crosses_nodes(runs):
     keys, and those rows are its own images; one permutation, drawn on rank 0, sends images of each node to the
     other node's key encoders."""
     root = runs["root"]
-    traces = _traces(f"{root}/old_trace")
+    traces = _two_node_traces(root)
     crossed = 0
     for records in zip(*(traces[rank] for rank in range(4)), strict=True):
         kinds = {r["kind"] for r in records}
