@@ -27,7 +27,7 @@ from experiments import fmnist_data
 from experiments.demo_plan import eval_sizes, saved_plan, size_run
 from experiments.demo_report import print_table, view_grid, write_figures
 from experiments.demo_sizing import EvalSizes
-from experiments.finetune_eval import Protocol, finetune_pair, write_json
+from experiments.finetune_eval import Protocol, finetune_pair
 from experiments.pretrain_run import (
     CHECKPOINT,
     evaluate_encoder,
@@ -36,6 +36,7 @@ from experiments.pretrain_run import (
     run_state,
 )
 from experiments.recipe import Recipe
+from ops.atomic import write_json
 from ops.errors import UsageError, exit_usage
 from ops.ranges import check_ranges
 
@@ -107,8 +108,7 @@ def prepare_data(args: argparse.Namespace, source: str) -> tuple[dict[str, str],
     folders = fmnist_data.carve(source, root, args.subset, args.bank, args.queries, args.seed,
                                 monitor=args.monitor_queries or args.queries or 10000, monitor_bank=args.monitor_bank,
                                 finetune=bool(args.finetune_fraction))
-    with open(spec_path, "w") as f:
-        json.dump(spec, f, indent=2)
+    write_json(spec_path, spec)
     return folders, True
 
 

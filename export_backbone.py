@@ -22,9 +22,10 @@ import sys
 import torch
 
 from clsa.builder import backbone
-from clsa.checkpoint import atomic_save, atomic_write
+from clsa.checkpoint import atomic_save
 from clsa.pretrained import FC_KEYS, encoder_state, read_state_dict
 from ops.argparser import RESNET_ARCHS, add_trust_flag, naming_flag
+from ops.atomic import atomic_write
 from ops.errors import UsageError, exit_usage
 from ops.validate import check_output_file
 

@@ -22,7 +22,6 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import Dataset, Subset
 
-from clsa.checkpoint import atomic_write
 from clsa.classifier_run import ClassifierRun, val_loader
 from clsa.linear import finetune_model, linear_lr
 from data_processing.subsets import (
@@ -34,6 +33,7 @@ from data_processing.subsets import (
     sample_targets,
 )
 from lincls import load_weights, open_splits, per_process, resume, run_worker, train_and_validate
+from ops.atomic import atomic_write
 from ops.errors import UsageError, exit_usage
 from ops.finetune_argparser import check_finetune_args, default_epochs, parse_args, scaled_lr
 from ops.launch import DistContext, launch

@@ -16,15 +16,15 @@ import os
 import pickle
 import random
 import shutil
-import tempfile
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from clsa.distributed import broadcast_object, gather_objects, get_rank, get_world_size, is_main_process, unwrap
+from ops.atomic import atomic_write
 from ops.errors import FileProblem, UsageError
 
 PREFIX = "module."  # DDP's; our checkpoints keep it, as the 2021 ones do
@@ -128,33 +128,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _umask_mode() -> int:
-    """0o666 minus this process's umask: the mode `open()` gives a new file (mkstemp would give 0o600)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """write(f) into a temporary file in `path`'s folder, fsync, give it the umask's mode, rename over `path`.
-
-    An interrupted write leaves the previous `path` untouched.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-            os.fchmod(f.fileno(), _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_save(obj: Any, path: str) -> None:

@@ -26,8 +26,9 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from clsa.checkpoint import QUERY_PREFIXES, atomic_write, backbone_state, load_file
+from clsa.checkpoint import QUERY_PREFIXES, backbone_state, load_file
 from ops.argparser import naming_flag
+from ops.atomic import atomic_write
 from ops.errors import UsageError
 from ops.validate import check_output_file
 

@@ -13,6 +13,7 @@ import time
 from experiments.demo_sizing import SPEED_MARGIN, EvalSizes, Plan, fit, fit_eval, steady_rate
 from experiments.pretrain_run import CHECKPOINT, checkpoint_epoch, run_pretraining
 from experiments.recipe import Recipe
+from ops.atomic import write_json
 
 PROG = "demo.py"
 CALIBRATION_ITERS = 40  # iterations of the speed measurement before the run is sized
@@ -81,9 +82,9 @@ def size_run(args: argparse.Namespace, recipe: Recipe, folders: dict[str, str], 
     if sizes.counts != asked_eval.counts:
         print(f"{PROG}: evaluating on {sizes.bank} bank / {sizes.queries} test images (kNN monitor "
               f"{sizes.monitor_bank} / {sizes.monitor_queries}) to fit", flush=True)
-    with open(os.path.join(args.out, "plan.json"), "w") as f:
-        json.dump({"plan": vars(plan), "asked": asked, "asked_eval": vars(asked_eval), "eval_s": eval_s,
-                   "eval": vars(sizes)}, f, indent=2)
+    write_json(os.path.join(args.out, "plan.json"), {"plan": vars(plan), "asked": asked,
+                                                      "asked_eval": vars(asked_eval), "eval_s": eval_s,
+                                                      "eval": vars(sizes)})
     return plan, eval_s, sizes
 
 

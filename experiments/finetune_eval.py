@@ -31,8 +31,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from clsa.checkpoint import atomic_write
 from experiments import fmnist_data
+from ops.atomic import write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELD_OUT = 6000  # train images held out of ft_tune's train split for choosing the lr
@@ -52,12 +52,6 @@ class Protocol:
     tune_seed: int = 100
     size: int = 32  # train crop and test image size (px), the reproduction's pretraining and probe size
     workers: int = 1
-
-
-def write_json(path: str, obj: dict) -> None:
-    """`obj` as indented JSON, replaced atomically (clsa.checkpoint.atomic_write): never half a file."""
-    text = json.dumps(obj, indent=2)
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def prepare_folders(source: str, root: str, seed: int = 0, held_out: int = HELD_OUT) -> dict[str, str]:

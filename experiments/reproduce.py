@@ -31,7 +31,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import fmnist_data  # noqa: E402
-from experiments.finetune_eval import Protocol, finetune_encoder, prepare_folders, write_json  # noqa: E402
+from experiments.finetune_eval import Protocol, finetune_encoder, prepare_folders  # noqa: E402
 from experiments.pretrain_run import (  # noqa: E402
     CHECKPOINT,
     REPO,
@@ -42,6 +42,7 @@ from experiments.pretrain_run import (  # noqa: E402
 )
 from experiments.recipe import MULTI_CROP, SINGLE_CROP, Recipe  # noqa: E402
 from experiments.reproduce_table import summarise, write_table  # noqa: E402
+from ops.atomic import write_json  # noqa: E402
 from ops.errors import UsageError, exit_usage  # noqa: E402
 from ops.ranges import check_ranges  # noqa: E402
 
@@ -170,8 +171,7 @@ def monitor_random_init(folder: str, out: str) -> float:
         with open(path) as f:
             return json.load(f)["top1"]
     res = random_init_knn("resnet18", folder, 32, 200, 0.1, seed=0)
-    with open(path, "w") as f:
-        json.dump(res, f)
+    write_json(path, res)
     return res["top1"]
 
 

@@ -7,6 +7,8 @@ import json
 import os
 import statistics
 
+from ops.atomic import write_json
+
 ORDER = ("random_init", "moco_v2", "clsa_single", "clsa_sym", "clsa_multi", "clsa_aug0", "strong_infonce",
          "smallcrop_infonce")
 LABELS = {"random_init": "random init (no pretraining)", "moco_v2": "MoCo v2 (`--alpha 0`)",
@@ -46,8 +48,7 @@ def summarise(out: str, meta: dict) -> dict:
                               finetune_10pct=_stat([f["pct10_mean"] for f in tuned]),
                               finetune_base_lr=[f["base_lr"] for f in tuned])
     summary = {"arms": arms, **meta}
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(out, "results.json"), summary)
     return summary
 
 

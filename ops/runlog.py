@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
+
+from ops.atomic import write_json
 
 
 class AverageMeter:
@@ -74,8 +75,7 @@ class RunLogger:
 
     def write_json(self, name: str, obj: Any) -> None:
         if self.enabled:
-            with open(os.path.join(self.run_dir, name), "w") as f:
-                json.dump(obj, f, indent=2, sort_keys=True)
+            write_json(os.path.join(self.run_dir, name), obj, sort_keys=True)
 
     def close(self) -> None:
         if self._tb is not None:

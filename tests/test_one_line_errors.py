@@ -1,6 +1,6 @@
 """Hostile or unlucky input ends in one line, never a traceback: a readable checkpoint that does not fit on --resume,
 an --arch that does not fit the exported file, a run folder that is a file, a full disk while saving (the previous
-checkpoint stays), a stop signal before the training loop's handler exists, and the demo's results.json."""
+checkpoint stays), a stop signal before the training loop's handler exists, and result files written halfway."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ import torchvision
 from conftest import CPU_OVERRIDES, REPO, TINY_CROPS, pretraining_shaped_checkpoint, run_script, write_image_folder
 
 from clsa.checkpoint import restore_run_state
+from ops.atomic import write_json
 from ops.errors import FileProblem
+from ops.runlog import RunLogger
 
 PRETRAIN = [*CPU_OVERRIDES, *TINY_CROPS, "--workers", "0", "--seed", "0"]
 LINCLS = ["-a", "resnet18", "-b", "8", "-j", "0", "--train-crop", "32", "--val-resize", "36", "--val-crop", "32"]
@@ -140,12 +142,21 @@ def test_a_stop_signal_before_the_training_loop(data, tmp_path, signum, code):
     assert not log.exists()
 
 
-def test_demo_results_are_replaced_atomically(tmp_path):
-    import demo
-    path = str(tmp_path / "results.json")
-    demo.write_json(path, {"encoders": {"clsa": {"knn_top1": 80.0}}})
-    with pytest.raises(TypeError):  # fails halfway through serialising, as a stopped demo would
-        demo.write_json(path, {"encoders": {"clsa": {"knn_top1": 81.0}}, "figures": [object()]})
+@pytest.mark.parametrize("writer", ["write_json", "run_logger"])
+def test_json_results_are_replaced_atomically(tmp_path, writer):
+    """The demo's and the reproduction's results.json (ops.atomic.write_json) and a run's args/linear/finetune.json
+    (RunLogger.write_json): a write that fails halfway leaves the previous file whole and no temporary file."""
+    if writer == "run_logger":
+        logger = RunLogger(str(tmp_path), enabled=True, tensorboard=False)
+        write = logger.write_json
+        path = str(tmp_path / "results.json")
+    else:
+        path = str(tmp_path / "results.json")
+        write = lambda name, obj: write_json(str(tmp_path / name), obj)  # noqa: E731
+    before = set(os.listdir(tmp_path))
+    write("results.json", {"encoders": {"clsa": {"knn_top1": 80.0}}})
+    with pytest.raises(TypeError):  # fails halfway through serialising, as a stopped run would
+        write("results.json", {"encoders": {"clsa": {"knn_top1": 81.0}}, "figures": [object()]})
     with open(path) as f:
         assert json.load(f) == {"encoders": {"clsa": {"knn_top1": 80.0}}}
-    assert os.listdir(tmp_path) == ["results.json"]
+    assert set(os.listdir(tmp_path)) - before == {"results.json"}
