@@ -15,6 +15,11 @@ labelled images (a valid --train-subset file).
 
 from __future__ import annotations
 
+from ops.stop_signals import exit_on_stop_signals
+
+if __name__ in ("__main__", "__mp_main__"):  # first of all, before torch's slow import (spawned workers too)
+    exit_on_stop_signals("finetune.py")
+
 import argparse
 import os
 from collections.abc import Callable

@@ -8,10 +8,17 @@
 The backbone is frozen in eval mode; only the new fc is trained (SGD over exactly fc.weight and fc.bias).
 Validation is exact under DDP: every rank takes the images `rank::world` and the correct counts are summed.
 The run (epochs, checkpoints, stop signals) is clsa/classifier_run.py, shared with finetune.py, which also uses the
-flag-level helpers here (run directory, weights, --resume, the training part of a worker).
+flag-level helpers here (run directory, weights, --resume, the training part of a worker). A training run holds its
+run directory's lock (ops/runlock.py): a second one there, e.g. the same --resume twice, is one line, exit 2. A stop
+signal before the training loop's handler exists (imports, loading, checks) exits 75 / 130 at once with one line.
 """
 
 from __future__ import annotations
+
+from ops.stop_signals import exit_on_stop_signals
+
+if __name__ in ("__main__", "__mp_main__"):  # first of all, before torch's slow import (spawned workers too)
+    exit_on_stop_signals("lincls.py")
 
 import argparse
 import os
@@ -46,6 +53,7 @@ from ops.environment import seed_everything
 from ops.errors import UsageError, exit_usage
 from ops.launch import DistContext, launch
 from ops.lincls_argparser import check_lincls_args, parse_args
+from ops.runlock import RunLock, lock_run_dir
 from ops.runlog import RunLogger, format_duration, timestamp, unique_run_dir
 
 PROG = "lincls.py"
@@ -161,30 +169,40 @@ def knn_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogger, ru
 
 
 def run_worker(ctx: DistContext, args: argparse.Namespace, kind: str, log_name: str, tensorboard: bool,
-               body: Body) -> None:
-    """Seed, make the run directory (rank 0, shared), open the logger and run `body`; a refused fresh run leaves
-    no directory behind."""
+               body: Body, trains: bool = True) -> None:
+    """Seed, make the run directory (rank 0, shared), lock it when the run `trains` (a second training run in it,
+    e.g. the same --resume twice, is refused with one line), open the logger and run `body`; a refused fresh run
+    leaves no directory behind."""
     seed_everything(args.seed, ctx.rank, deterministic=args.seed is not None)
     run_dir = broadcast_object(run_dir_for(args, kind) if ctx.is_main else None)
-    logger = RunLogger(run_dir, ctx.is_main, log_name=log_name, tensorboard=tensorboard)
-    logger.info(f"run directory: {run_dir}")
-    logger.info(f"{ctx.world_size} process(es) on {ctx.device.type}, arch {args.arch}")
+    lock = RunLock()
     try:
-        body(ctx, args, logger, run_dir)
-    except UsageError:
-        logger.close()
-        if ctx.is_main and not args.resume:
-            remove_run_dir(run_dir)
-        raise
+        if trains:
+            lock_run_dir(lock, run_dir, ctx.is_main, broadcast_object)
+        logger = RunLogger(run_dir, ctx.is_main, log_name=log_name, tensorboard=tensorboard)
+        logger.info(f"run directory: {run_dir}")
+        if lock.note:
+            logger.info(f"warning: {lock.note}")
+        logger.info(f"{ctx.world_size} process(es) on {ctx.device.type}, arch {args.arch}")
+        try:
+            body(ctx, args, logger, run_dir)
+        except UsageError:
+            logger.close()
+            lock.release()
+            if ctx.is_main and not args.resume:
+                remove_run_dir(run_dir)
+            raise
+        finally:
+            logger.close()
     finally:
-        logger.close()
+        lock.release()
 
 
 def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
     if args.knn:
-        run_worker(ctx, args, "kNN_log", "knn.log", False, knn_worker)
+        run_worker(ctx, args, "kNN_log", "knn.log", False, knn_worker, trains=False)
     else:
-        run_worker(ctx, args, "Finetune_log", "train.log", not args.evaluate, linear_worker)
+        run_worker(ctx, args, "Finetune_log", "train.log", not args.evaluate, linear_worker, trains=not args.evaluate)
 
 
 def train_and_validate(ctx: DistContext, args: argparse.Namespace, logger: RunLogger, run_dir: str, model: Module,

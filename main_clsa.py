@@ -51,7 +51,7 @@ from ops.argparser import naming_flag, parse_args
 from ops.environment import keep_freed_memory, loader_worker_init, seed_everything
 from ops.errors import UsageError, exit_usage
 from ops.launch import DistContext, launch
-from ops.runlock import RunLock
+from ops.runlock import RunLock, lock_run_dir
 from ops.runlog import RunLogger, format_duration, timestamp, unique_run_dir
 from ops.validate import check_auto_resume, check_batch, check_enough_images, check_pretrain_args
 
@@ -125,21 +125,6 @@ def rerun_hint(args: argparse.Namespace, run_dir: str) -> str:
     return f"{state}; rerun the same command" + (f" with {' '.join(flags)}" if flags else "")
 
 
-def lock_run_dir(lock: RunLock, run_dir: str, ctx: DistContext) -> None:
-    """Global rank 0 takes `run_dir`'s lock; when another run holds it, every process stops with one line (exit 2)."""
-    if not run_dir:
-        return
-    refusal = None
-    if ctx.is_main:
-        try:
-            lock.acquire(run_dir)
-        except UsageError as err:
-            refusal = str(err)
-    refusal = broadcast_object(refusal)
-    if refusal:
-        raise UsageError(refusal)
-
-
 def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
     """One training process; global rank 0 holds the run directory's lock until it exits, also on an error."""
     lock = RunLock()
@@ -151,7 +136,8 @@ def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
 
 def train_worker(ctx: DistContext, args: argparse.Namespace, lock: RunLock) -> None:
     stop = StopRequest().install()
-    lock_run_dir(lock, fixed_run_dir(args), ctx)  # --run_dir or --resume: a second run is refused before any work
+    # --run_dir or --resume: a second run is refused before any work
+    lock_run_dir(lock, fixed_run_dir(args), ctx.is_main, broadcast_object)
     if ctx.device.type == "cpu":
         keep_freed_memory()
     seed_everything(args.seed, ctx.rank, deterministic=args.seed is not None)
@@ -170,7 +156,7 @@ def train_worker(ctx: DistContext, args: argparse.Namespace, lock: RunLock) -> N
     pos = resume(args, model, optimizer)
 
     run_dir = broadcast_object(run_dir_for(args) if ctx.is_main else None)
-    lock_run_dir(lock, run_dir, ctx)  # a fresh run's new folder (taken above otherwise)
+    lock_run_dir(lock, run_dir, ctx.is_main, broadcast_object)  # a fresh run's new folder (taken above otherwise)
     ctx.rerun_hint = lambda: rerun_hint(args, run_dir)
     logger = RunLogger(run_dir, ctx.is_main)
     logger.info(f"run directory: {run_dir}")

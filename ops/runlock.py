@@ -16,6 +16,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
+from typing import Any
 
 from ops.errors import UsageError
 
@@ -144,3 +146,19 @@ class RunLock:
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.dirname(self.path))
         self._mine = None
+
+
+def lock_run_dir(lock: RunLock, run_dir: str, is_main: bool, share: Callable[[Any], Any]) -> None:
+    """The main process takes `run_dir`'s lock; when another run holds it, every process raises the same UsageError
+    (one line, exit 2). `share` sends the main process's value to all (clsa.distributed.broadcast_object)."""
+    if not run_dir:
+        return
+    refusal = None
+    if is_main:
+        try:
+            lock.acquire(run_dir)
+        except UsageError as err:
+            refusal = str(err)
+    refusal = share(refusal)
+    if refusal:
+        raise UsageError(refusal)

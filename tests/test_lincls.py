@@ -60,6 +60,7 @@ def test_one_process_prints_and_writes(one_process_run):
     assert os.path.isfile(os.path.join(folder, "checkpoint_last.pth.tar"))
     assert os.path.isfile(os.path.join(folder, "model_best.pth.tar")) == (top1 > 0)
     assert "sanity check passed" in out
+    assert not os.path.exists(os.path.join(folder, "run.lock"))  # held while training, released at the end
 
 
 def test_backbone_frozen_only_fc_trained(shared, one_process_run):

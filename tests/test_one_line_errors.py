@@ -120,12 +120,18 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(data, tmp_path):
     assert not [f for f in os.listdir(run_dir) if f.startswith(".tmp")]
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 75), (signal.SIGINT, 130)])
-def test_a_stop_signal_before_the_training_loop(data, tmp_path, signum, code):
+@pytest.mark.parametrize("entry, signum, code", [("main_clsa.py", signal.SIGTERM, 75),
+                                                  ("main_clsa.py", signal.SIGINT, 130),
+                                                  ("lincls.py", signal.SIGTERM, 75),
+                                                  ("finetune.py", signal.SIGUSR1, 75)])
+def test_a_stop_signal_before_the_training_loop(data, tmp_path, entry, signum, code):
     """Sent as soon as the process catches SIGTERM (read from /proc), at the latest after 1 s: either way before
     torch is imported and long before the training loop's handler exists."""
     log = tmp_path / "log"
-    proc = subprocess.Popen([sys.executable, "main_clsa.py", "--data", data, *PRETRAIN, "--log_path", str(log)],
+    flags = {"main_clsa.py": [*PRETRAIN, "--log_path", str(log)],
+             "lincls.py": [*LINCLS, "--save_path", str(log)],
+             "finetune.py": [*LINCLS, "--random-init", "--label-fraction", "0.5", "--save_path", str(log)]}[entry]
+    proc = subprocess.Popen([sys.executable, entry, "--data", data, *flags],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 1.0
     while time.time() < deadline:
@@ -137,7 +143,7 @@ def test_a_stop_signal_before_the_training_loop(data, tmp_path, signum, code):
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, out + err
-    assert err.strip().splitlines() == [f"main_clsa.py: {signal.Signals(signum).name} before training started: "
+    assert err.strip().splitlines() == [f"{entry}: {signal.Signals(signum).name} before training started: "
                                         f"nothing to save; rerun the same command (exit code {code})"], err
     assert not log.exists()
 

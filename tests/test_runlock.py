@@ -11,8 +11,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CPU_OVERRIDES, REPO, TINY_CROPS, read_until, run_script
+from conftest import CPU_OVERRIDES, REPO, TINY_CROPS, read_until, run_script, write_image_folder
 
+import finetune
+import lincls
 import main_clsa
 from ops.errors import UsageError
 from ops.runlock import LOCK_NAME, RunLock, process_start
@@ -79,6 +81,30 @@ def test_a_run_refused_after_taking_the_lock_removes_it(tmp_path, image_folder, 
                         "--run_dir", str(run_dir)])
     assert e.value.code == 2 and "fewer than the global batch 32" in capsys.readouterr().err
     assert not run_dir.exists()  # the lock and the folder it made are gone
+
+
+@pytest.mark.parametrize("entry", [lincls, finetune])
+def test_a_second_classifier_run_in_a_locked_run_dir_is_refused(entry, tmp_path, capsys):
+    """lincls.py / finetune.py --resume into a folder whose lock a live run holds (this process): one line, exit 2,
+    naming the holder; the holder's lock stays."""
+    data = str(tmp_path / "data")
+    write_image_folder(data, per_class=4)
+    write_image_folder(data, per_class=2, split="val")
+    run_dir = str(tmp_path / "run")
+    held = RunLock().acquire(run_dir)
+    resume = os.path.join(run_dir, "checkpoint_last.pth.tar")
+    with open(resume, "wb") as f:
+        f.write(b"never read: the lock is checked first")
+    flags = ["--random-init", "--label-fraction", "0.5"] if entry is finetune else ["--epochs", "1"]
+    try:
+        with pytest.raises(SystemExit) as e:
+            entry.main(["--data", data, "-a", "resnet18", "-b", "8", "-j", "0", *flags, "--resume", resume])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1, err
+        assert f"run directory {run_dir} is in use by another run (pid {os.getpid()}" in err[0], err
+        assert os.path.exists(held.path)
+    finally:
+        held.release()
 
 
 def test_two_runs_in_one_run_dir(image_folder, tmp_path):
