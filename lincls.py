@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from clsa.builder import backbone
-from clsa.checkpoint import best_acc_value, is_pretraining_state, restore_run_state
+from clsa.checkpoint import LAST, best_acc_value, is_pretraining_state, restore_run_state
 from clsa.classifier_run import ClassifierRun, fit, train_loader, val_loader
 from clsa.distributed import broadcast_object, wrap_ddp
 from clsa.evaluation import eval_transform
@@ -65,6 +65,17 @@ def run_dir_for(args: argparse.Namespace, kind: str) -> str:
     if args.resume:
         return os.path.dirname(os.path.abspath(args.resume))
     return unique_run_dir(os.path.join(args.save_path, args.log_path, kind, timestamp()))
+
+
+def rerun_hint(args: argparse.Namespace, run_dir: str, trains: bool) -> str:
+    """After a lost peer: the last checkpoint (written atomically) and the --resume that continues from it."""
+    last = os.path.join(run_dir, LAST)
+    if not trains:
+        return "rerun the same command"
+    if not os.path.exists(last):
+        return f"no checkpoint in {run_dir} yet; rerun the same command"
+    same = args.resume and os.path.abspath(args.resume) == last
+    return f"the last checkpoint {last} is intact; rerun the same command" + ("" if same else f" with --resume {last}")
 
 
 def remove_run_dir(run_dir: str) -> None:
@@ -175,6 +186,7 @@ def run_worker(ctx: DistContext, args: argparse.Namespace, kind: str, log_name: 
     leaves no directory behind."""
     seed_everything(args.seed, ctx.rank, deterministic=args.seed is not None)
     run_dir = broadcast_object(run_dir_for(args, kind) if ctx.is_main else None)
+    ctx.rerun_hint = lambda: rerun_hint(args, run_dir, trains)
     lock = RunLock()
     try:
         if trains:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import os
@@ -13,6 +14,7 @@ import torch
 from conftest import free_port, run_script
 from evaluation_support import CLASSES, SMALL, VAL_PER_CLASS, eval_folder, pretrained_checkpoint, shared_base
 
+import lincls
 from clsa.linear import linear_lr, linear_model, validate
 from clsa.pretrained import load_encoder_weights
 from ops.errors import UsageError
@@ -226,3 +228,16 @@ def test_validate_counts_exactly_in_one_process():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_lost_peer_names_the_resume_that_continues(tmp_path):
+    """lincls.py / finetune.py have no --resume auto: the lost-peer line names the checkpoint to pass."""
+    run_dir = str(tmp_path)
+    last = os.path.join(run_dir, "checkpoint_last.pth.tar")
+    fresh = argparse.Namespace(resume="")
+    assert lincls.rerun_hint(fresh, run_dir, True) == f"no checkpoint in {run_dir} yet; rerun the same command"
+    open(last, "wb").close()
+    assert lincls.rerun_hint(fresh, run_dir, True) == (f"the last checkpoint {last} is intact; rerun the same "
+                                                       f"command with --resume {last}")
+    assert lincls.rerun_hint(argparse.Namespace(resume=last), run_dir, True).endswith("rerun the same command")
+    assert lincls.rerun_hint(fresh, run_dir, False) == "rerun the same command"  # kNN, -e: nothing to continue
