@@ -19,6 +19,10 @@ from ops.stop_signals import exit_on_stop_signals
 
 if __name__ in ("__main__", "__mp_main__"):  # first of all, before torch's slow import (spawned workers too)
     exit_on_stop_signals("lincls.py")
+if __name__ == "__main__":  # --help and malformed flags answer here, before torch's import (seconds on a CPU)
+    from ops.lincls_argparser import parse_args as _parse_early
+
+    _parse_early()
 
 import argparse
 import os

@@ -95,3 +95,22 @@ def test_run_directories_started_in_the_same_second_differ(tmp_path):
     from ops.runlog import unique_run_dir
     base = str(tmp_path / "260101-000000")
     assert [unique_run_dir(base) for _ in range(3)] == [base, base + "-1", base + "-2"]
+
+
+PROBE = """import runpy, sys
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as e:
+    print("exit", e.code, "torch imported:", "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("script", ["main_clsa.py", "lincls.py", "finetune.py"])
+@pytest.mark.parametrize("flags, code", [(["--help"], 0), (["--epochs", "ten"], 2), (["--no_such_flag"], 2)])
+def test_help_and_malformed_flags_answer_before_torch_is_imported(script, flags, code):
+    """argparse runs first in each entry script: --help and a malformed flag take a fraction of a second, not the
+    seconds torch's import costs on a CPU."""
+    r = run_script(["-c", PROBE, script, *flags])
+    assert r.stdout.strip().splitlines()[-1] == f"exit {code} torch imported: False", r.stdout + r.stderr
+    assert ("usage:" in r.stdout) if code == 0 else ("error:" in r.stderr)
