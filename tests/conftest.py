@@ -77,9 +77,10 @@ def logged_losses(stdout: str) -> list[float]:
     return [float(x) for x in re.findall(r"Loss (\S+) \(", stdout)]
 
 
-def run_script(argv: list[str], timeout: int = 300, env: dict | None = None, cwd: str = REPO
+def run_script(argv: list[str], timeout: int = 600, env: dict | None = None, cwd: str = REPO
                ) -> subprocess.CompletedProcess:
-    """Run `python <argv>` from the repo root and capture its output."""
+    """Run `python <argv>` from the repo root and capture its output. The timeout is generous: on 2 cores shared by
+    4 pytest workers a process can take 2-3x its quiet time, and a timeout is a failure nobody can read."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run([sys.executable, *argv], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
