@@ -65,6 +65,9 @@ def test_finetune_encoder_tunes_on_held_out_then_reports_test(source, tmp_path):
     assert records["pct1_s0"]["subset"]["names_sha256"] != records["pct1_s1"]["subset"]["names_sha256"]
     assert res["pct1_top1"] == [records["pct1_s0"]["top1"], records["pct1_s1"]["top1"]]
     assert res["pct10_top1"] == [records["pct10_s0"]["top1"]]
+    kept = [os.path.relpath(os.path.join(d, f), out) for d, _, files in os.walk(out) for f in files]
+    assert not [f for f in kept if f.endswith(".pth.tar")], kept  # 170 MB each at full size; the record suffices
+    assert sum(f.endswith("finetune.json") for f in kept) == len(records) == sum(f.endswith("train.log") for f in kept)
 
     # finished runs are read back, not rerun: their run folders are no longer needed
     for name in os.listdir(os.path.join(out, "runs")):
