@@ -15,7 +15,7 @@ signal before the training loop's handler exists (imports, loading, checks) exit
 
 from __future__ import annotations
 
-from ops.stop_signals import exit_on_stop_signals
+from ops.stop_signals import STOP_SIGNALS, exit_on_stop_signals
 
 if __name__ in ("__main__", "__mp_main__"):  # first of all, before torch's slow import (spawned workers too)
     exit_on_stop_signals("lincls.py")
@@ -27,6 +27,7 @@ if __name__ == "__main__":  # --help and malformed flags answer here, before tor
 import argparse
 import os
 import shutil
+import signal
 from collections.abc import Callable
 
 import torch
@@ -191,6 +192,11 @@ def run_worker(ctx: DistContext, args: argparse.Namespace, kind: str, log_name: 
     seed_everything(args.seed, ctx.rank, deterministic=args.seed is not None)
     run_dir = broadcast_object(run_dir_for(args, kind) if ctx.is_main else None)
     ctx.rerun_hint = lambda: rerun_hint(args, run_dir, trains)
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}  # restored at the end (main() called as a library)
+    if trains:  # before the lock: from here a stop signal ends in the training loop's checkpoint and the finally
+        StopRequest.installed()
+    else:  # -e, --knn: nothing to save, so a stop signal ends the run at once
+        exit_on_stop_signals(PROG, "during evaluation", speak=ctx.is_main)
     lock = RunLock()
     try:
         if trains:
@@ -212,6 +218,8 @@ def run_worker(ctx: DistContext, args: argparse.Namespace, kind: str, log_name: 
             logger.close()
     finally:
         lock.release()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
@@ -226,7 +234,7 @@ def train_and_validate(ctx: DistContext, args: argparse.Namespace, logger: RunLo
                        workers: int, loader_val: torch.utils.data.DataLoader) -> None:
     """The training part of lincls.py and finetune.py: DDP, the train loader, args.json, the epochs; exits with
     the stop code after a stop signal (checkpoint written). With a frozen BN no buffers are broadcast."""
-    stop = StopRequest().install()
+    stop = StopRequest.installed()  # run_worker's: a signal that came during loading is kept
     if ctx.distributed:
         model = wrap_ddp(model, ctx.device, reproducible=args.seed is not None,
                          forward_sync_buffers=run.train_backbone)

@@ -28,7 +28,7 @@ from clsa.evaluation import shard_indices
 from clsa.faults import StopRequest, agree_to_stop
 from clsa.linear import train_classifier_epoch, validate
 from data_processing.sampling import EpochSampler, RobustViews
-from ops.environment import loader_worker_init, seed_worker
+from ops.environment import loader_worker_init
 from ops.launch import DistContext
 from ops.runlog import RunLogger, format_duration
 
@@ -65,7 +65,7 @@ def loader_kwargs(workers: int, ctx: DistContext) -> dict[str, Any]:
 def val_loader(val_set: Dataset, batch: int, workers: int, ctx: DistContext) -> DataLoader:
     """This rank's shard rank::world of the validation split, in order (no padding, no shuffling)."""
     shard = Subset(val_set, shard_indices(len(val_set), ctx.rank, ctx.world_size))
-    return DataLoader(shard, batch_size=batch, shuffle=False, worker_init_fn=seed_worker,
+    return DataLoader(shard, batch_size=batch, shuffle=False, worker_init_fn=loader_worker_init,
                       **loader_kwargs(workers, ctx))
 
 

@@ -22,6 +22,7 @@ from torchvision import transforms as T
 
 from clsa.distributed import concat_all_gather, get_rank, get_world_size
 from data_processing.transforms import normalize
+from ops.environment import loader_worker_init
 
 
 def eval_transform(size: int, resize: int | None = None) -> T.Compose:
@@ -77,7 +78,7 @@ def extract_features(encoder: nn.Module, dataset: Dataset, batch_size: int = 256
     n, rank, world = len(dataset), get_rank(), get_world_size()
     indices = shard_indices(n, rank, world)
     loader = DataLoader(Subset(dataset, indices or [0]), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, pin_memory=device.type == "cuda")
+                        num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=loader_worker_init)
     feats, labels = [], []
     with pooled_features(encoder) as f:
         for images, targets in loader:

@@ -29,6 +29,13 @@ class StopRequest:
             signal.signal(s, self._handle)
         return self
 
+    @classmethod
+    def installed(cls) -> StopRequest:
+        """The StopRequest this process already handles stop signals with (a signal it recorded is kept), else a new
+        one, installed."""
+        owner = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+        return owner if isinstance(owner, cls) else cls().install()
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is None:
             self.signum = signum

@@ -79,14 +79,21 @@ def finetune_argv(folder: str, checkpoint: str | None, fraction: float, subset_s
             "--eval-freq", "0", "-p", "1000", "--log_path", log_path]
 
 
+def remove_checkpoints(log_path: str) -> None:
+    """Delete the *.pth.tar files under one fine-tuning run's `log_path`."""
+    for path in glob.glob(os.path.join(log_path, "**", "*.pth.tar"), recursive=True):
+        os.remove(path)
+
+
 def run_finetune(argv: list[str], record_path: str, log: Callable[[str], None]) -> dict:
     """Run one finetune.py command (or read its cached record): {top1, lr, epochs, images, seconds, command}.
     Once the record is written the run's checkpoints go (about 170 MB per resnet18 run, 7 runs per encoder); its
     log, finetune.json and train_subset.txt stay."""
+    log_path = argv[argv.index("--log_path") + 1]
     if os.path.isfile(record_path):
+        remove_checkpoints(log_path)  # also those of a run stopped between its record and their removal
         with open(record_path) as f:
             return json.load(f)
-    log_path = argv[argv.index("--log_path") + 1]
     start = time.time()
     proc = subprocess.run(argv, cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True,
                           text=True)
@@ -100,8 +107,7 @@ def run_finetune(argv: list[str], record_path: str, log: Callable[[str], None]) 
               "base_lr": result["base_lr"], "train_images": result["train_images"], "images": result["images"],
               "subset": result["subset"], "seconds": time.time() - start, "command": " ".join(argv[1:])}
     write_json(record_path, record)
-    for path in glob.glob(os.path.join(log_path, "**", "*.pth.tar"), recursive=True):
-        os.remove(path)
+    remove_checkpoints(log_path)
     log(f"  fine-tune {os.path.basename(record_path)[:-5]}: top-1 {record['top1']:.2f} "
         f"({record['train_images']} labelled images, {record['seconds'] / 60:.1f} min)")
     return record

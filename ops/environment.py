@@ -60,7 +60,7 @@ def cpu_threads_per_process(procs: int) -> int:
 
 
 def loader_worker_init(worker_id: int) -> None:
-    """worker_init_fn for training loaders: seeds (see `seed_worker`) and leaves stop signals to the main process."""
+    """worker_init_fn for every loader: seeds (see `seed_worker`) and leaves stop signals to the main process."""
     seed_worker(worker_id)
     ignore_stop_signals()
 

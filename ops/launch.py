@@ -35,7 +35,7 @@ class DistContext:
     node_rank: int = 0
     device: torch.device = torch.device("cpu")
     # What to do after a lost peer, said at that moment (the worker sets it once it knows its checkpoint).
-    rerun_hint: Callable[[], str] = field(default=lambda: "rerun the same command with --resume auto")
+    rerun_hint: Callable[[], str] = field(default=lambda: "rerun the same command")  # entry points refine it
 
     @property
     def distributed(self) -> bool:

@@ -100,7 +100,7 @@ def check_classifier_args(args: argparse.Namespace, parser: argparse.ArgumentPar
     check_arch(args.arch)
     if args.pretrained and not os.path.isfile(args.pretrained):
         raise UsageError(f"--pretrained {args.pretrained!r}: no such checkpoint file")
-    check_resume(args.resume)
+    check_resume(args.resume, auto=False)
     if not args.resume:  # --resume FILE continues in FILE's folder
         check_output_dir(args.save_path or ".", "--save_path")
         check_output_dir(os.path.join(args.save_path, args.log_path), "--log_path")

@@ -21,16 +21,20 @@ def exit_code(signum: int) -> int:
     return EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_PREEMPTED
 
 
-def exit_on_stop_signals(prog: str) -> None:
-    """Make SIGTERM/SIGUSR1 exit 75 and SIGINT exit 130 right away, saying that nothing was started."""
+def exit_on_stop_signals(prog: str, when: str = "before training started", speak: bool | None = None) -> None:
+    """Make SIGTERM/SIGUSR1 exit 75 and SIGINT exit 130 right away, saying that there is nothing to save (`when`:
+    where the run was). The line is printed where `speak` (None: by torchrun's rank 0 or a process outside torchrun)."""
+    if speak is None:
+        speak = os.environ.get("RANK", "0") == "0"
+
     def stop(signum: int, frame: FrameType | None) -> None:
         try:
             sys.stdout.flush()
         except Exception:  # noqa: BLE001 - a print the signal interrupted: its line may be lost, the exit is not
             pass
-        if os.environ.get("RANK", "0") == "0":
+        if speak:
             name = signal.Signals(signum).name
-            os.write(2, f"{prog}: {name} before training started: nothing to save; rerun the same command "
+            os.write(2, f"{prog}: {name} {when}: nothing to save; rerun the same command "
                         f"(exit code {exit_code(signum)})\n".encode())
         os._exit(exit_code(signum))  # no interpreter teardown in the middle of an import
 

@@ -77,7 +77,11 @@ def check_labelled_folder(root: str, flag: str) -> None:
         raise UsageError(f"{flag} {root!r}: train/ and val/ have different class folders ({len(train)} vs {len(val)})")
 
 
-def check_resume(path: str, flag: str = "--resume") -> None:
+def check_resume(path: str, flag: str = "--resume", auto: bool = True) -> None:
+    """`path` is a checkpoint file, empty, or (where `auto`) 'auto'."""
+    if path == "auto" and not auto:
+        raise UsageError(f"{flag} auto is main_clsa.py's; here {flag} takes the checkpoint file to continue, "
+                         "e.g. <run dir>/checkpoint_last.pth.tar")
     if path and path != "auto" and not os.path.isfile(path):
         raise UsageError(f"{flag} {path!r}: no such checkpoint file")
 

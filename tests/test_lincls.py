@@ -157,6 +157,7 @@ def test_refuses_checkpoint_without_encoder_weights(shared, tmp_path):
     (["--pretrained", "/nonexistent.pth"], "--pretrained '/nonexistent.pth': no such checkpoint file"),
     (["--arch", "vgg16"], "--arch 'vgg16' is not supported"),
     (["--knn", "-e", "--resume", __file__], "two different evaluations"),
+    (["--resume", "auto"], "--resume auto is main_clsa.py's; here --resume takes the checkpoint file to continue"),
 ])
 def test_bad_flags_exit_2(shared, capsys, argv, needle):
     import lincls
@@ -226,10 +227,6 @@ def test_validate_counts_exactly_in_one_process():
     assert res["images"] == 11 and res["top1"] == pytest.approx(expected)
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
-
-
 def test_a_lost_peer_names_the_resume_that_continues(tmp_path):
     """lincls.py / finetune.py have no --resume auto: the lost-peer line names the checkpoint to pass."""
     run_dir = str(tmp_path)
@@ -241,3 +238,7 @@ def test_a_lost_peer_names_the_resume_that_continues(tmp_path):
                                                        f"command with --resume {last}")
     assert lincls.rerun_hint(argparse.Namespace(resume=last), run_dir, True).endswith("rerun the same command")
     assert lincls.rerun_hint(fresh, run_dir, False) == "rerun the same command"  # kNN, -e: nothing to continue
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

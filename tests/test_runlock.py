@@ -107,6 +107,31 @@ def test_a_second_classifier_run_in_a_locked_run_dir_is_refused(entry, tmp_path,
         held.release()
 
 
+def test_a_stop_signal_while_loading_still_checkpoints_and_releases_the_lock(tmp_path, monkeypatch, capsys):
+    """finetune.py (and lincls.py: the same run_worker) handles stop signals from before it takes the lock: SIGTERM
+    while the data is opened is kept, the first iteration ends in checkpoint_last.pth.tar and exit 75, and run.lock
+    goes. Fails if the training loop's handler is installed only after loading (the signal is lost or kills)."""
+    data = str(tmp_path / "data")
+    write_image_folder(data, per_class=4)
+    write_image_folder(data, per_class=2, split="val")
+    opened = finetune.open_splits
+
+    def open_then_signal(*a, **k):
+        out = opened(*a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled at once: recorded, not fatal
+        return out
+
+    monkeypatch.setattr(finetune, "open_splits", open_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as e:
+        finetune.main(["--data", data, "-a", "resnet18", "-b", "4", "-j", "0", "--random-init", "--label-fraction",
+                       "1", "--epochs", "2", "--seed", "0", "--save_path", str(tmp_path / "out")])
+    assert e.value.code == 75, capsys.readouterr()
+    assert signal.getsignal(signal.SIGTERM) == before  # main() called as a library leaves the handlers as it found
+    runs = [d for d, _, files in os.walk(tmp_path / "out") if "checkpoint_last.pth.tar" in files]
+    assert len(runs) == 1 and not os.path.exists(os.path.join(runs[0], LOCK_NAME))
+
+
 def test_two_runs_in_one_run_dir(image_folder, tmp_path):
     run_dir = str(tmp_path / "run")
     stale = _dead_pid()
