@@ -136,7 +136,7 @@ def _describe(subset: LabelSubset) -> str:
 
 
 def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
-    run_worker(ctx, args, "Semisup_log", "train.log", True, finetune_worker)
+    run_worker(ctx, args, "Semisup_log", "train.log", finetune_worker, trains=True)
 
 
 def main(argv: list[str] | None = None) -> None:

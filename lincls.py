@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from clsa.builder import backbone
-from clsa.checkpoint import LAST, best_acc_value, is_pretraining_state, restore_run_state
+from clsa.checkpoint import LAST, best_acc_value, is_pretraining_state, last_checkpoint_state, restore_run_state
 from clsa.classifier_run import ClassifierRun, fit, train_loader, val_loader
 from clsa.distributed import broadcast_object, wrap_ddp
 from clsa.evaluation import eval_transform
@@ -74,13 +74,12 @@ def run_dir_for(args: argparse.Namespace, kind: str) -> str:
 
 def rerun_hint(args: argparse.Namespace, run_dir: str, trains: bool) -> str:
     """After a lost peer: the last checkpoint (written atomically) and the --resume that continues from it."""
-    last = os.path.join(run_dir, LAST)
     if not trains:
         return "rerun the same command"
-    if not os.path.exists(last):
-        return f"no checkpoint in {run_dir} yet; rerun the same command"
-    same = args.resume and os.path.abspath(args.resume) == last
-    return f"the last checkpoint {last} is intact; rerun the same command" + ("" if same else f" with --resume {last}")
+    state, exists = last_checkpoint_state(run_dir)
+    last = os.path.join(run_dir, LAST)
+    same = not exists or (args.resume and os.path.abspath(args.resume) == last)
+    return f"{state}; rerun the same command" + ("" if same else f" with --resume {last}")
 
 
 def remove_run_dir(run_dir: str) -> None:
@@ -184,11 +183,11 @@ def knn_worker(ctx: DistContext, args: argparse.Namespace, logger: RunLogger, ru
                                    "pretrained": args.pretrained})
 
 
-def run_worker(ctx: DistContext, args: argparse.Namespace, kind: str, log_name: str, tensorboard: bool,
-               body: Body, trains: bool = True) -> None:
+def run_worker(ctx: DistContext, args: argparse.Namespace, kind: str, log_name: str, body: Body, trains: bool
+               ) -> None:
     """Seed, make the run directory (rank 0, shared), lock it when the run `trains` (a second training run in it,
-    e.g. the same --resume twice, is refused with one line), open the logger and run `body`; a refused fresh run
-    leaves no directory behind."""
+    e.g. the same --resume twice, is refused with one line), open the logger (with TensorBoard when it trains) and
+    run `body`; a refused fresh run leaves no directory behind."""
     seed_everything(args.seed, ctx.rank, deterministic=args.seed is not None)
     run_dir = broadcast_object(run_dir_for(args, kind) if ctx.is_main else None)
     ctx.rerun_hint = lambda: rerun_hint(args, run_dir, trains)
@@ -201,7 +200,7 @@ def run_worker(ctx: DistContext, args: argparse.Namespace, kind: str, log_name: 
     try:
         if trains:
             lock_run_dir(lock, run_dir, ctx.is_main, broadcast_object)
-        logger = RunLogger(run_dir, ctx.is_main, log_name=log_name, tensorboard=tensorboard)
+        logger = RunLogger(run_dir, ctx.is_main, log_name=log_name, tensorboard=trains)
         logger.info(f"run directory: {run_dir}")
         if lock.note:
             logger.info(f"warning: {lock.note}")
@@ -224,9 +223,9 @@ def run_worker(ctx: DistContext, args: argparse.Namespace, kind: str, log_name: 
 
 def main_worker(ctx: DistContext, args: argparse.Namespace) -> None:
     if args.knn:
-        run_worker(ctx, args, "kNN_log", "knn.log", False, knn_worker, trains=False)
+        run_worker(ctx, args, "kNN_log", "knn.log", knn_worker, trains=False)
     else:
-        run_worker(ctx, args, "Finetune_log", "train.log", not args.evaluate, linear_worker, trains=not args.evaluate)
+        run_worker(ctx, args, "Finetune_log", "train.log", linear_worker, trains=not args.evaluate)
 
 
 def train_and_validate(ctx: DistContext, args: argparse.Namespace, logger: RunLogger, run_dir: str, model: Module,
