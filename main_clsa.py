@@ -37,6 +37,7 @@ from clsa.checkpoint import (
     auto_resume_path,
     best_acc_value,
     check_compatible,
+    last_checkpoint_state,
     prefixed_state_dict,
     restore_run_state,
     save_run_state,
@@ -121,8 +122,7 @@ def save(model, optimizer, args, run_dir, epoch, iteration, best_acc, is_best=Fa
 
 def rerun_hint(args: argparse.Namespace, run_dir: str) -> str:
     """After a lost peer: where the last checkpoint is (complete: files are written atomically) and how to go on."""
-    last = os.path.join(run_dir, LAST)
-    state = f"the last checkpoint {last} is intact" if os.path.exists(last) else f"no checkpoint in {run_dir} yet"
+    state, _ = last_checkpoint_state(run_dir)
     flags = [] if args.resume == "auto" else ["--resume auto"]
     if not args.run_dir:
         flags.append(f"--run_dir {run_dir}")

@@ -144,6 +144,14 @@ LAST = "checkpoint_last.pth.tar"  # both trainers' latest state (lincls.py wrote
 BEST = "model_best.pth.tar"
 
 
+def last_checkpoint_state(run_dir: str) -> tuple[str, bool]:
+    """For a lost-peer hint: whether `run_dir` holds LAST (complete: it is written atomically), said in words."""
+    last = os.path.join(run_dir, LAST)
+    if os.path.exists(last):
+        return f"the last checkpoint {last} is intact", True
+    return f"no checkpoint in {run_dir} yet", False
+
+
 class CheckpointWriteError(UsageError):
     """A checkpoint file could not be written (e.g. a full disk); the message names it and the complete one kept."""
 

@@ -240,5 +240,21 @@ def test_a_lost_peer_names_the_resume_that_continues(tmp_path):
     assert lincls.rerun_hint(fresh, run_dir, False) == "rerun the same command"  # kNN, -e: nothing to continue
 
 
+def test_the_pretraining_lost_peer_line_names_resume_auto(tmp_path):
+    """main_clsa.py says the same about the checkpoint (one helper) and continues with --resume auto."""
+    import main_clsa
+
+    run_dir = str(tmp_path)
+    last = os.path.join(run_dir, "checkpoint_last.pth.tar")
+    named = argparse.Namespace(resume="", run_dir=run_dir)
+    assert main_clsa.rerun_hint(named, run_dir) == (f"no checkpoint in {run_dir} yet; rerun the same command "
+                                                    "with --resume auto")
+    open(last, "wb").close()
+    assert main_clsa.rerun_hint(argparse.Namespace(resume="auto", run_dir=run_dir), run_dir) == (
+        f"the last checkpoint {last} is intact; rerun the same command")
+    unnamed = argparse.Namespace(resume="auto", run_dir="")
+    assert main_clsa.rerun_hint(unnamed, run_dir).endswith(f"rerun the same command with --run_dir {run_dir}")
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
