@@ -98,7 +98,8 @@ class RunLock:
         try:
             os.makedirs(run_dir, exist_ok=True)
         except OSError as err:
-            raise UsageError(f"run directory {run_dir}: cannot create it ({err.strerror})") from None
+            what = "is a file, not a folder" if os.path.exists(run_dir) else f"cannot be made ({err.strerror})"
+            raise UsageError(f"run directory {run_dir} {what}") from None
         self.path = os.path.join(run_dir, LOCK_NAME)
         mine = {"pid": os.getpid(), "host": socket.gethostname(), "start": process_start(os.getpid()),
                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}

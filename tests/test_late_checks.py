@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from conftest import CPU_OVERRIDES, TINY_CROPS, logged_losses, run_script, write_image_folder
+from conftest import CPU_OVERRIDES, TINY_CROPS, free_port, logged_losses, run_script, write_image_folder
 from fmnist_support import write_tiny_fmnist
 
 import main_clsa
@@ -74,11 +74,17 @@ def test_a_failing_knn_monitor_keeps_the_epochs_checkpoint(image_folder, tmp_pat
 
 
 def test_the_knn_monitor_leaves_the_training_rng_alone(image_folder, tmp_path):
+    """Two processes with loader workers: shuffle-BN draws its permutation from the RNG the monitor's loaders drew
+    from (with --workers 0 the per-sample seeding in the training process reseeds it anyway)."""
     knn = _knn_folder(str(tmp_path / "knn"))
-    common = ["main_clsa.py", "--data", image_folder, *CPU_OVERRIDES, *TINY_CROPS, "--workers", "0",
-              "--epochs", "2", "--seed", "0"]
-    plain = run_script([*common, "--run_dir", str(tmp_path / "plain")])
-    monitored = run_script([*common, "--run_dir", str(tmp_path / "knn_run"), "--knn_data", knn, "--knn_k", "3"])
+    common = ["main_clsa.py", "--data", image_folder, *CPU_OVERRIDES, *TINY_CROPS, "--workers", "2",
+              "--epochs", "2", "--max_iters", "1", "--seed", "0", "--cpu_procs", "2"]
+    plain = run_script([*common, "--run_dir", str(tmp_path / "plain"), "--dist_url", f"tcp://127.0.0.1:{free_port()}"])
+    monitored = run_script([*common, "--run_dir", str(tmp_path / "knn_run"), "--knn_data", knn, "--knn_k", "3",
+                            "--dist_url", f"tcp://127.0.0.1:{free_port()}"])
     assert plain.returncode == 0 and monitored.returncode == 0, plain.stderr + monitored.stderr
     assert "kNN top-1" in monitored.stdout
-    assert len(logged_losses(plain.stdout)) == 4 and logged_losses(monitored.stdout) == logged_losses(plain.stdout)
+    assert len(logged_losses(plain.stdout)) == 2 and logged_losses(monitored.stdout) == logged_losses(plain.stdout)
+    a, b = (torch.load(os.path.join(tmp_path, d, "checkpoint_last.pth.tar"), weights_only=True)["state_dict"]
+            for d in ("plain", "knn_run"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

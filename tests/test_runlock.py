@@ -34,6 +34,16 @@ def _write_lock(folder, **holder) -> str:
     return path
 
 
+def test_a_run_directory_that_is_a_file_is_one_line(tmp_path):
+    taken = tmp_path / "run"
+    taken.write_text("not a folder")
+    with pytest.raises(UsageError, match=f"^run directory {taken} is a file, not a folder$"):
+        RunLock().acquire(str(taken))
+    with pytest.raises(UsageError, match=f"^run directory {taken / 'sub'} cannot be made \\(Not a directory\\)$"):
+        RunLock().acquire(str(taken / "sub"))
+    assert taken.read_text() == "not a folder"
+
+
 def test_second_lock_is_refused_naming_the_first_and_release_frees_it(tmp_path):
     first = RunLock().acquire(str(tmp_path / "run"))
     holder = json.load(open(first.path))
