@@ -11,6 +11,7 @@ Linear heads and their schedule are in `clsa/linear.py`, the kNN rule in `clsa/k
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -72,13 +73,17 @@ def extract_features(encoder: nn.Module, dataset: Dataset, batch_size: int = 256
     """(features N x D in float32, L2-normalised unless told not to; labels N or N x C) of the whole `dataset`,
     on the encoder's device and on every rank.
 
-    Each rank encodes its shard `rank::world` in order; the shards are gathered in dataset order.
+    Each rank encodes its shard `rank::world` in order; the shards are gathered in dataset order. A shard of one
+    batch is read in this process (a worker process would only add its start-up), a longer one by at most one worker
+    per batch.
     """
     device = next(encoder.parameters()).device
     n, rank, world = len(dataset), get_rank(), get_world_size()
     indices = shard_indices(n, rank, world)
+    batches = math.ceil(max(len(indices), 1) / batch_size)
     loader = DataLoader(Subset(dataset, indices or [0]), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=loader_worker_init)
+                        num_workers=min(workers, batches) if batches > 1 else 0, pin_memory=device.type == "cuda",
+                        worker_init_fn=loader_worker_init)
     feats, labels = [], []
     with pooled_features(encoder) as f:
         for images, targets in loader:

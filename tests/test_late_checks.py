@@ -77,7 +77,7 @@ def test_the_knn_monitor_leaves_the_training_rng_alone(image_folder, tmp_path):
     """Two processes with loader workers: shuffle-BN draws its permutation from the RNG the monitor's loaders drew
     from (with --workers 0 the per-sample seeding in the training process reseeds it anyway)."""
     knn = _knn_folder(str(tmp_path / "knn"))
-    common = ["main_clsa.py", "--data", image_folder, *CPU_OVERRIDES, *TINY_CROPS, "--workers", "2",
+    common = ["main_clsa.py", "--data", image_folder, *CPU_OVERRIDES, *TINY_CROPS, "--workers", "1",
               "--epochs", "2", "--max_iters", "1", "--seed", "0", "--cpu_procs", "2"]
     plain = run_script([*common, "--run_dir", str(tmp_path / "plain"), "--dist_url", f"tcp://127.0.0.1:{free_port()}"])
     monitored = run_script([*common, "--run_dir", str(tmp_path / "knn_run"), "--knn_data", knn, "--knn_k", "3",
