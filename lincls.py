@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from clsa.builder import backbone
-from clsa.checkpoint import LAST, best_acc_value, is_pretraining_state, last_checkpoint_state, restore_run_state
+from clsa.checkpoint import best_acc_value, is_pretraining_state, last_checkpoint_state, restore_run_state
 from clsa.classifier_run import ClassifierRun, fit, train_loader, val_loader
 from clsa.distributed import broadcast_object, wrap_ddp
 from clsa.evaluation import eval_transform
@@ -76,9 +76,8 @@ def rerun_hint(args: argparse.Namespace, run_dir: str, trains: bool) -> str:
     """After a lost peer: the last checkpoint (written atomically) and the --resume that continues from it."""
     if not trains:
         return "rerun the same command"
-    state, exists = last_checkpoint_state(run_dir)
-    last = os.path.join(run_dir, LAST)
-    same = not exists or (args.resume and os.path.abspath(args.resume) == last)
+    state, last = last_checkpoint_state(run_dir)
+    same = last is None or (args.resume and os.path.abspath(args.resume) == last)
     return f"{state}; rerun the same command" + ("" if same else f" with --resume {last}")
 
 

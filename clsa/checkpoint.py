@@ -144,12 +144,13 @@ LAST = "checkpoint_last.pth.tar"  # both trainers' latest state (lincls.py wrote
 BEST = "model_best.pth.tar"
 
 
-def last_checkpoint_state(run_dir: str) -> tuple[str, bool]:
-    """For a lost-peer hint: whether `run_dir` holds LAST (complete: it is written atomically), said in words."""
+def last_checkpoint_state(run_dir: str) -> tuple[str, str | None]:
+    """For a lost-peer hint: whether `run_dir` holds LAST (complete: it is written atomically), said in words, and
+    its path (None when there is none)."""
     last = os.path.join(run_dir, LAST)
     if os.path.exists(last):
-        return f"the last checkpoint {last} is intact", True
-    return f"no checkpoint in {run_dir} yet", False
+        return f"the last checkpoint {last} is intact", last
+    return f"no checkpoint in {run_dir} yet", None
 
 
 class CheckpointWriteError(UsageError):
