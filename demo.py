@@ -14,6 +14,11 @@ labels, all scored on the test split), plot the run and write results.json.
 
 from __future__ import annotations
 
+from ops.startup import imports_done, pause_collector
+
+if __name__ == "__main__":  # before the slow imports
+    pause_collector()
+
 import argparse
 import json
 import os
@@ -39,6 +44,9 @@ from experiments.recipe import Recipe
 from ops.atomic import write_json
 from ops.errors import UsageError, exit_usage
 from ops.ranges import check_ranges
+
+if __name__ == "__main__":
+    imports_done()  # see ops/startup.py
 
 PROG = "demo.py"
 FINETUNE_BATCH = 64  # the reproduction's fine-tune batch (experiments/finetune_eval.py)

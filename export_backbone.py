@@ -13,6 +13,11 @@ The checkpoint is read weights-only (see clsa/checkpoint.py); exit code 2 with o
 
 from __future__ import annotations
 
+from ops.startup import imports_done, pause_collector
+
+if __name__ == "__main__":  # before the slow imports
+    pause_collector()
+
 import argparse
 import hashlib
 import json
@@ -28,6 +33,9 @@ from ops.argparser import RESNET_ARCHS, add_trust_flag, naming_flag
 from ops.atomic import atomic_write
 from ops.errors import UsageError, exit_usage
 from ops.validate import check_output_file
+
+if __name__ == "__main__":
+    imports_done()  # see ops/startup.py
 
 PROG = "export_backbone.py"
 FORMATS = (".safetensors", ".pth")

@@ -15,9 +15,11 @@ labelled images (a valid --train-subset file).
 
 from __future__ import annotations
 
+from ops.startup import imports_done, pause_collector
 from ops.stop_signals import exit_on_stop_signals
 
 if __name__ in ("__main__", "__mp_main__"):  # first of all, before torch's slow import (spawned workers too)
+    pause_collector()
     exit_on_stop_signals("finetune.py")
 if __name__ == "__main__":  # --help and malformed flags answer here, before torch's import (seconds on a CPU)
     from ops.finetune_argparser import parse_args as _parse_early
@@ -47,6 +49,9 @@ from ops.errors import UsageError, exit_usage
 from ops.finetune_argparser import check_finetune_args, default_epochs, parse_args, scaled_lr
 from ops.launch import DistContext, launch
 from ops.runlog import RunLogger
+
+if __name__ in ("__main__", "__mp_main__"):
+    imports_done()  # see ops/startup.py
 
 PROG = "finetune.py"
 SUBSET_FILE = "train_subset.txt"

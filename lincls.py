@@ -15,9 +15,11 @@ signal before the training loop's handler exists (imports, loading, checks) exit
 
 from __future__ import annotations
 
+from ops.startup import imports_done, pause_collector
 from ops.stop_signals import STOP_SIGNALS, exit_on_stop_signals
 
 if __name__ in ("__main__", "__mp_main__"):  # first of all, before torch's slow import (spawned workers too)
+    pause_collector()
     exit_on_stop_signals("lincls.py")
 if __name__ == "__main__":  # --help and malformed flags answer here, before torch's import (seconds on a CPU)
     from ops.lincls_argparser import parse_args as _parse_early
@@ -60,6 +62,9 @@ from ops.launch import DistContext, launch
 from ops.lincls_argparser import check_lincls_args, parse_args
 from ops.runlock import RunLock, lock_run_dir
 from ops.runlog import RunLogger, format_duration, timestamp, unique_run_dir
+
+if __name__ in ("__main__", "__mp_main__"):
+    imports_done()  # see ops/startup.py
 
 PROG = "lincls.py"
 Body = Callable[[DistContext, argparse.Namespace, RunLogger, str], None]

@@ -12,9 +12,11 @@ training loop's handler exists (during the imports and checks) exits 75 / 130 at
 
 from __future__ import annotations
 
+from ops.startup import imports_done, pause_collector
 from ops.stop_signals import exit_on_stop_signals
 
 if __name__ in ("__main__", "__mp_main__"):  # first of all, before torch's slow import (spawned workers too)
+    pause_collector()
     exit_on_stop_signals("main_clsa.py")
 if __name__ == "__main__":  # --help and malformed flags answer here, before torch's import (seconds on a CPU)
     from ops.argparser import parse_args as _parse_early
@@ -59,6 +61,9 @@ from ops.launch import DistContext, launch
 from ops.runlock import RunLock, lock_run_dir
 from ops.runlog import RunLogger, format_duration, timestamp, unique_run_dir
 from ops.validate import check_auto_resume, check_batch, check_enough_images, check_pretrain_args
+
+if __name__ in ("__main__", "__mp_main__"):
+    imports_done()  # see ops/startup.py
 
 PROG = "main_clsa.py"
 

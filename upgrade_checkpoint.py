@@ -10,6 +10,11 @@ opens it weights-only, without the flag. Anything else that is not plain data is
 
 from __future__ import annotations
 
+from ops.startup import imports_done, pause_collector
+
+if __name__ == "__main__":  # before the slow imports
+    pause_collector()
+
 import argparse
 import io
 import sys
@@ -22,6 +27,9 @@ from clsa.checkpoint import atomic_save, load_file
 from ops.argparser import add_trust_flag, naming_flag
 from ops.errors import UsageError, exit_usage
 from ops.validate import check_output_file
+
+if __name__ == "__main__":
+    imports_done()  # see ops/startup.py
 
 PROG = "upgrade_checkpoint.py"
 

@@ -22,6 +22,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from ops.startup import imports_done, pause_collector  # noqa: E402
+
+if __name__ == "__main__":  # before the slow imports
+    pause_collector()
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
@@ -53,6 +58,9 @@ from VOC_CLF.voc import (  # noqa: E402
     per_image_ap,
     voc07_11point_ap,
 )
+
+if __name__ == "__main__":
+    imports_done()  # see ops/startup.py
 
 PROG = "VOC_CLF/main.py"
 

@@ -17,6 +17,7 @@ metrics of the latest evaluation to ``<OUTPUT_DIR>/eval_results.json``.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -25,6 +26,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Must happen before detectron2 is imported: its builtin datasets are registered at import time from this root.
 os.environ.setdefault("DETECTRON2_DATASETS", os.path.join(HERE, "datasets"))
+if __name__ == "__main__":  # no cycle collection during the slow imports (ops/startup.py, not importable here)
+    gc.disable()
 
 import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
@@ -39,6 +42,10 @@ from detectron2.evaluation import (  # noqa: E402
 from detectron2.layers import get_norm  # noqa: E402
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
+
+if __name__ == "__main__":  # what they made stays out of later collections
+    gc.freeze()
+    gc.enable()
 
 WEIGHTS_PLACEHOLDER = "See Instructions"
 
