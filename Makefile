@@ -26,7 +26,7 @@ lint: $(STAMP)
 
 test: $(STAMP) $(D2_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder tests
 
 # Fashion-MNIST (installed with apt when missing; FASHION_MNIST_DIR=... points at another copy), within 15 min.
 demo: $(STAMP)

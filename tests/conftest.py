@@ -117,10 +117,13 @@ def pretraining_shaped_checkpoint(path: str, arch: str = "resnet18") -> str:
 
 
 # `make test` runs the files on 2 pytest-xdist workers, a file at a time per worker (--dist loadfile), handed out in
-# collection order: the longest files go first (measured on 2 AVX2 cores), so that the end is not one long file
-# running alone on one worker while the other idles.
-LONGEST_FIRST = ("test_two_nodes.py", "test_pretrain.py", "test_faults.py", "test_checkpoints.py", "test_bench.py",
-                 "test_finetune.py", "test_one_line_errors.py", "test_demo.py", "test_lincls.py")
+# collection order (--no-loadscope-reorder: by default xdist re-sorts the files by their number of tests, which put
+# the two-node and --compile files last): the longest files go first (measured on 2 AVX2 cores), so that the end is
+# not one long file running alone on one worker while the other idles.
+LONGEST_FIRST = ("test_two_nodes.py", "test_faults.py", "test_checkpoints.py", "test_bench.py", "test_compile.py",
+                 "test_pretrain.py", "test_one_line_errors.py", "test_finetune.py", "test_finetune_eval.py",
+                 "test_output_paths.py", "test_detection_train.py", "test_view_plan.py", "test_strong_loss.py",
+                 "test_late_checks.py", "test_demo.py", "test_lincls.py", "test_knn.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
